@@ -1,0 +1,245 @@
+"""Audio I/O: the one place that reads, converts and writes audio.
+
+Outside the graph (separate.py, evaluate.py, dataset preparation) audio is read
+with soundfile (WAV, FLAC, MP3, OGG through libsndfile) or, for the streams of a
+MUSDB18 ``.stem.mp4``, with stempeg/ffmpeg. Inside ``tf.data`` the same formats
+are decoded by core ``tf.audio`` and tensorflow-io (see ``decode_in_graph``).
+Every array is float32 ``[time, channels]``. Every failure to read is an
+``AudioError`` naming the file and the reason.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SUPPORTED_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+MAX_CHANNELS = 2
+
+
+class AudioError(Exception):
+    """Audio that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str  # libsndfile's name: "WAV", "FLAC", "MP3", "OGG"
+    subtype: str  # e.g. "PCM_16", "FLOAT", "VORBIS"
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(path, "file does not exist")
+    if not path.is_file():
+        raise AudioError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "file is empty")
+    if path.suffix.lower() not in SUPPORTED_EXTENSIONS and not is_stem_file(path):
+        raise AudioError(
+            path, f"unsupported format {path.suffix!r}; expected one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+
+
+def is_stem_file(path) -> bool:
+    return str(path).lower().endswith(".stem.mp4")
+
+
+def audio_info(path) -> AudioInfo:
+    """Header facts of a soundfile-readable file (no decoding)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise AudioError(path, f"not a readable audio file ({error})") from None
+    if info.frames <= 0:
+        raise AudioError(path, "contains no audio samples (empty or truncated)")
+    return AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
+
+
+def _wav_data_sizes(path: Path) -> tuple[int, int] | None:
+    """(bytes the RIFF header announces for 'data', bytes the file holds after it),
+    or None when the file is not RIFF. libsndfile silently shortens a cut-off WAV
+    to what is there; comparing the two finds the cut."""
+    with open(path, "rb") as file:
+        if file.read(4) != b"RIFF":
+            return None
+        file.seek(12)
+        while len(header := file.read(8)) == 8:
+            chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
+            if chunk_id == b"data":
+                return size, path.stat().st_size - file.tell()
+            file.seek(size + (size & 1), os.SEEK_CUR)
+    return None
+
+
+def _check_not_truncated_wav(path: Path) -> None:
+    sizes = _wav_data_sizes(path)
+    # 0xFFFFFFFF marks a streamed WAV whose length was never filled in.
+    if sizes is not None and sizes[0] != 0xFFFFFFFF and sizes[0] > sizes[1]:
+        raise AudioError(path, f"truncated: header announces {sizes[0]} data bytes, file holds {sizes[1]}")
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    info = audio_info(path)
+    if info.format == "WAV":
+        _check_not_truncated_wav(path)
+    try:
+        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise AudioError(path, f"could not decode audio ({error})") from None
+    if len(audio) < info.frames:
+        raise AudioError(path, f"truncated: header announces {info.frames} frames, only {len(audio)} decoded")
+    return audio, sample_rate
+
+
+def _read_stem_stream(path: Path, stream: int) -> tuple[np.ndarray, int]:
+    import stempeg  # imported lazily: it probes ffmpeg on import
+
+    try:
+        audio, sample_rate = stempeg.read_stems(str(path), stem_id=stream, dtype=np.float32)
+    except Exception as error:  # stempeg surfaces ffmpeg failures as assorted types
+        raise AudioError(path, f"could not decode stream {stream} with ffmpeg ({error})") from None
+    return np.asarray(audio, dtype=np.float32).reshape(len(audio), -1), int(sample_rate)
+
+
+def load_audio(path, sample_rate: int | None = None, channels: int | None = None, stream: int | None = None):
+    """Reads ``path`` as float32 ``[time, channels]`` and returns ``(audio, sample_rate)``.
+
+    ``sample_rate`` resamples (soxr, high quality); ``channels`` (1 or 2)
+    downmixes or duplicates; ``stream`` selects a stream of a ``.stem.mp4``.
+    """
+    path = Path(path)
+    _check_file(path)
+    if stream is not None:
+        audio, file_rate = _read_stem_stream(path, stream)
+    else:
+        audio, file_rate = _read_soundfile(path)
+    validate_audio(audio, path)
+    if channels is not None:
+        audio = convert_channels(audio, channels)
+    if sample_rate is not None:
+        audio = resample(audio, file_rate, sample_rate)
+        file_rate = sample_rate
+    return audio, file_rate
+
+
+def validate_audio(audio: np.ndarray, path="<array>") -> None:
+    if audio.ndim != 2 or len(audio) == 0:
+        raise AudioError(path, "contains no audio samples")
+    if not 1 <= audio.shape[1] <= MAX_CHANNELS:
+        raise AudioError(path, f"has {audio.shape[1]} channels; only mono and stereo are supported")
+    if not np.isfinite(audio).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+
+
+def convert_channels(audio: np.ndarray, channels: int) -> np.ndarray:
+    """Mono <-> stereo: a downmix averages, an upmix duplicates."""
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, not {channels}")
+    if audio.shape[1] == channels:
+        return audio
+    if channels == 1:
+        return audio.mean(axis=1, keepdims=True)
+    return np.repeat(audio, channels, axis=1)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate == to_rate:
+        return audio
+    return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def write_wav(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+    """Writes ``[time, channels]`` audio atomically (a reader never sees half a file).
+
+    PCM_16 clips to [-1, 1]; pass ``subtype="FLOAT"`` to keep values beyond it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    audio = np.asarray(audio, dtype=np.float32)
+    if subtype.startswith("PCM"):
+        audio = np.clip(audio, -1.0, 1.0)
+    descriptor, temporary = tempfile.mkstemp(suffix=".wav", dir=path.parent, prefix=f".{path.stem}.")
+    os.close(descriptor)
+    try:
+        sf.write(temporary, audio, sample_rate, subtype=subtype, format="WAV")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+# --- inside tf.data ---------------------------------------------------------
+
+# How a file is decoded inside the graph; chosen per file from its header.
+DECODE_WAV16, DECODE_FLAC16, DECODE_MP3, DECODE_OGG, DECODE_PYTHON = range(5)
+
+
+def in_graph_decoder(info: AudioInfo, sample_rate: int) -> int:
+    """The in-graph decoder for a file, or DECODE_PYTHON when it needs resampling
+    or a sample format that core TF / tensorflow-io cannot decode."""
+    if info.sample_rate != sample_rate:
+        return DECODE_PYTHON
+    if info.format == "WAV" and info.subtype == "PCM_16":
+        return DECODE_WAV16
+    if info.format == "FLAC" and info.subtype == "PCM_16":
+        return DECODE_FLAC16
+    if info.format == "MP3":
+        return DECODE_MP3
+    if info.format == "OGG" and info.subtype == "VORBIS":
+        return DECODE_OGG
+    return DECODE_PYTHON
+
+
+def decode_in_graph(path, stream, decoder, sample_rate: int):
+    """Decodes one file inside a tf.data map into float32 ``[time, 2]``.
+
+    ``decoder`` (an int32 tensor) selects core ``tf.audio.decode_wav``, a
+    tensorflow-io decoder, or a ``tf.numpy_function`` around ``load_audio``
+    (resampling, other sample formats, .stem.mp4 streams).
+    """
+    import tensorflow as tf
+    import tensorflow_io as tfio  # registers its ops; imported only where decoding happens
+
+    def contents():
+        return tf.io.read_file(path)
+
+    def wav16():
+        return tf.audio.decode_wav(contents()).audio
+
+    def flac16():
+        return tf.cast(tfio.audio.decode_flac(contents(), dtype=tf.int16), tf.float32) / 32768.0
+
+    def mp3():
+        return tfio.audio.decode_mp3(contents())
+
+    def ogg():
+        return tfio.audio.decode_vorbis(contents())
+
+    def python():
+        def load(path_bytes, stream_index):
+            path_text = np.asarray(path_bytes).item().decode()
+            stream_number = int(stream_index)
+            return load_audio(path_text, sample_rate, channels=2, stream=None if stream_number < 0 else stream_number)[0]
+
+        return tf.numpy_function(load, [path, stream], tf.float32, stateful=False)
+
+    audio = tf.switch_case(decoder, [wav16, flac16, mp3, ogg, python])
+    audio = tf.reshape(audio, [-1, tf.shape(audio)[-1]])
+    # Mono files become stereo here so every track has the same shape.
+    stereo = tf.cond(tf.shape(audio)[1] == 1, lambda: tf.tile(audio, [1, 2]), lambda: audio[:, :2])
+    return tf.ensure_shape(stereo, [None, 2])

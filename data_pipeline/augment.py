@@ -1,0 +1,60 @@
+"""Augmentations applied inside tf.data, each driven by a stateless seed so a
+seeded run repeats exactly, whatever the parallelism.
+
+Sources follow the seed facts: A = mix, B = vocals, C = accompaniment, and the
+remix draws newA = B*f0 + C*f1 with f0, f1 ~ U[0.7, 1.0] and scales the labels
+the same way, so mix = vocals + accompaniment still holds exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    gain_range: tuple[float, float] | None = (0.7, 1.0)  # None disables the remix
+    swap_channels: bool = True
+    # UMT's augmentation: shift a random segment of the model input in pitch.
+    pitch_shift_semitones: float = 0.0  # 0 disables; UMT uses 0.5
+    pitch_shift_seconds: tuple[float, float] = (0.25, 0.5)
+
+
+def remix(vocals, accompaniment, seed, gain_range=(0.7, 1.0)):
+    """Scales each source by its own random gain (the labels are these scaled sources)."""
+    gains = tf.random.stateless_uniform([2], seed, minval=gain_range[0], maxval=gain_range[1])
+    return vocals * gains[0], accompaniment * gains[1]
+
+
+def swap_channels(seed, *stereo_signals):
+    """Swaps left and right of every signal together, with probability 1/2."""
+    swap = tf.random.stateless_uniform([], seed) < 0.5
+    return tuple(tf.cond(swap, lambda s=s: tf.reverse(s, axis=[-1]), lambda s=s: s) for s in stereo_signals)
+
+
+def _shift_segment_numpy(audio, sample_rate, start, length, semitones):
+    import librosa  # only the pitch-shift augmentation needs it
+
+    shifted = audio.copy()
+    segment = audio[start:start + length].T
+    window = min(2048, 2 ** int(np.log2(length)))  # short segments at low rates need a shorter STFT
+    shifted[start:start + length] = librosa.effects.pitch_shift(
+        segment, sr=int(sample_rate), n_steps=float(semitones), res_type="soxr_hq", n_fft=window).T
+    return shifted
+
+
+def pitch_shift_segment(audio, seed, sample_rate: int, max_semitones: float, seconds=(0.25, 0.5)):
+    """Pitch-shifts one random segment (``seconds`` long, clipped to the audio)
+    by a random amount in [-max_semitones, max_semitones] (librosa, in Python)."""
+    length_seed, start_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    total = tf.shape(audio)[0]
+    length = tf.minimum(total, tf.cast(
+        tf.random.stateless_uniform([], length_seed, seconds[0], seconds[1]) * sample_rate, tf.int32))
+    start = tf.random.stateless_uniform([], start_seed, 0, total - length + 1, dtype=tf.int32)
+    semitones = tf.random.stateless_uniform([], shift_seed, -max_semitones, max_semitones)
+    shifted = tf.numpy_function(_shift_segment_numpy, [audio, sample_rate, start, length, semitones],
+                                tf.float32, stateful=False)
+    return tf.ensure_shape(shifted, audio.shape)
+
