@@ -1,0 +1,192 @@
+"""Wave-U-Net (Stoller, Ewert & Dixon, 2018) as a Keras 3 functional model.
+
+Follows the reference implementation f90/Wave-U-Net (``Models/UnetAudioSeparator.py``):
+
+    mix -> L x [conv(filter_size) + LeakyReLU -> skip -> decimate]
+        -> conv(filter_size) + LeakyReLU                       (bottleneck)
+        -> L x [upsample -> crop-and-concat skip -> conv(merge_filter_size) + LeakyReLU]
+        -> crop-and-concat mix -> tanh conv(output_filter_size) per source
+
+Level i (0 = finest) has ``num_initial_filters * (i + 1)`` filters on both
+paths; the bottleneck has ``num_initial_filters * (num_layers + 1)``. With
+``context`` the convolutions are 'valid', so the input is longer than the
+output and only certain lengths fit: ``input_length_for`` finds them. The
+paper's models M1..M5 and M5-HighSR are settings in ``CONFIGS``, next to a
+CPU-sized ``small`` preset (the default).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+from models.layers import CenterCrop1D, CropConcat, Decimate, LearnedUpsample, LinearUpsample
+
+SOURCES = ("vocals", "accompaniment")
+DEFAULT_CONFIG = "small"
+
+
+@dataclass(frozen=True)
+class WaveUNetConfig:
+    """Architecture of one Wave-U-Net. Defaults are f90's baseline M1."""
+
+    num_layers: int = 12
+    num_initial_filters: int = 24
+    filter_size: int = 15  # downsampling blocks and bottleneck
+    merge_filter_size: int = 5  # upsampling blocks
+    output_filter_size: int = 1
+    upsampling: str = "linear"  # "linear" interpolation or f90's "learned" interpolation
+    context: bool = False  # True: valid convolutions, the input carries extra context
+    output_type: str = "direct"  # "direct": a tanh conv per source; "difference": accompaniment = mix - vocals
+    channels: int = 1  # 1 mono, 2 stereo
+    sample_rate: int = 22050  # of the audio the model is trained on; the graph does not use it
+    num_frames: int = 16384  # desired output length of a training example (f90's num_frames)
+
+    def __post_init__(self):
+        if self.upsampling not in ("linear", "learned"):
+            raise ValueError(f"upsampling must be 'linear' or 'learned', got {self.upsampling!r}")
+        if self.output_type not in ("direct", "difference"):
+            raise ValueError(f"output_type must be 'direct' or 'difference', got {self.output_type!r}")
+        if self.channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, got {self.channels}")
+        if self.num_layers < 1 or self.num_initial_filters < 1:
+            raise ValueError("num_layers and num_initial_filters must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "WaveUNetConfig":
+        return cls(**values)
+
+
+def _paper_configs() -> dict[str, WaveUNetConfig]:
+    """f90's named configs; each paper model adds one change to the previous one."""
+    m1 = WaveUNetConfig()  # cfg.baseline
+    m2 = dataclasses.replace(m1, output_type="difference")  # cfg.baseline_diff
+    m3 = dataclasses.replace(m2, context=True)  # cfg.baseline_context
+    m4 = dataclasses.replace(m3, channels=2)  # cfg.baseline_stereo
+    m5 = dataclasses.replace(m4, upsampling="learned")  # cfg.full
+    m5_high_sr = dataclasses.replace(m5, sample_rate=44100)  # cfg.full_44KHz
+    return {"M1": m1, "M2": m2, "M3": m3, "M4": m4, "M5": m5, "M5-HighSR": m5_high_sr}
+
+
+CONFIGS: dict[str, WaveUNetConfig] = {
+    **_paper_configs(),
+    # M4 shrunk to train in minutes on a 2-core CPU: 8 levels, 16..128 filters, ~1 s outputs.
+    "small": WaveUNetConfig(
+        num_layers=8, num_initial_filters=16, context=True, output_type="difference", channels=2, num_frames=22050
+    ),
+}
+
+
+def get_config(name: str = DEFAULT_CONFIG) -> WaveUNetConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown Wave-U-Net config {name!r}; known: {sorted(CONFIGS)}") from None
+
+
+# ---------------------------------------------------------------- length arithmetic
+
+
+def _bottleneck_length(config: WaveUNetConfig, output_length: int) -> int:
+    """Smallest bottleneck length whose output is at least ``output_length``.
+
+    f90's ``get_padding`` inverts each upsampling block, ``out = 2 * in - 1 - (merge - 1)``,
+    in floats and rounds up once at the end; this is the same in exact integers."""
+    levels = 2**config.num_layers
+    before_output_conv = output_length + config.output_filter_size - 1
+    numerator = before_output_conv + config.merge_filter_size * (levels - 1)
+    return -(-numerator // levels)
+
+
+def input_length_for(config: WaveUNetConfig, output_length: int) -> tuple[int, int]:
+    """``(input_length, actual_output_length)`` for the smallest valid output length
+    that is at least ``output_length``.
+
+    With context this is f90's ``get_padding``. Without it the model maps n samples
+    to n, but n must be a multiple of 2**num_layers so that every decimated map
+    upsamples back to its skip's length (f90 assumed it; here it is rounded up)."""
+    if output_length < 1:
+        raise ValueError(f"output_length must be positive, got {output_length}")
+    if not config.context:
+        levels = 2**config.num_layers
+        length = -(-output_length // levels) * levels
+        return length, length
+    output = bottleneck = _bottleneck_length(config, output_length)
+    input_ = bottleneck + config.filter_size - 1
+    for _ in range(config.num_layers):
+        output = 2 * output - 1 - (config.merge_filter_size - 1)  # upsample, valid conv
+        input_ = 2 * input_ - 1 + config.filter_size - 1  # undo decimation, valid conv
+    return input_, output - (config.output_filter_size - 1)
+
+
+def context_length(config: WaveUNetConfig) -> int:
+    """Input samples beyond the output (split evenly between both ends); the same
+    for every valid length, since both lengths grow by 2**num_layers per step."""
+    input_, output = input_length_for(config, 1)
+    return input_ - output
+
+
+# ---------------------------------------------------------------- model
+
+
+def _filters(config: WaveUNetConfig, level: int) -> int:
+    return config.num_initial_filters * (level + 1)
+
+
+def _conv(config: WaveUNetConfig, filters: int, kernel_size: int, name: str, activation="leaky_relu"):
+    # keras' leaky_relu has slope 0.2, as f90's LeakyReLU.
+    padding = "valid" if config.context else "same"
+    return layers.Conv1D(filters, kernel_size, padding=padding, activation=activation, name=name)
+
+
+def _upsample(config: WaveUNetConfig, level: int):
+    upsample_layer = LearnedUpsample if config.upsampling == "learned" else LinearUpsample
+    return upsample_layer(valid=config.context, name=f"upsample_{level}")
+
+
+def _downsampling_path(config: WaveUNetConfig, features):
+    """Returns the bottleneck features and the skip connections, finest level first."""
+    skips = []
+    for level in range(config.num_layers):
+        features = _conv(config, _filters(config, level), config.filter_size, f"down_conv_{level}")(features)
+        skips.append(features)
+        features = Decimate(name=f"decimate_{level}")(features)
+    bottleneck = _conv(config, _filters(config, config.num_layers), config.filter_size, "bottleneck_conv")
+    return bottleneck(features), skips
+
+
+def _upsampling_path(config: WaveUNetConfig, features, skips):
+    for level in reversed(range(config.num_layers)):
+        features = _upsample(config, level)(features)
+        features = CropConcat(name=f"concat_{level}")([skips[level], features])
+        features = _conv(config, _filters(config, level), config.merge_filter_size, f"up_conv_{level}")(features)
+    return features
+
+
+def _source_outputs(config: WaveUNetConfig, mix, features) -> dict:
+    def source_conv(name):
+        return _conv(config, config.channels, config.output_filter_size, name, activation="tanh")
+
+    vocals = source_conv("vocals")(features)
+    if config.output_type == "direct":
+        return {"vocals": vocals, "accompaniment": source_conv("accompaniment")(features)}
+    # Difference output: the sources add up to the (centre-cropped) mix exactly.
+    aligned_mix = CenterCrop1D(name="crop_mix")([mix, vocals])
+    return {"vocals": vocals, "accompaniment": layers.Subtract(name="accompaniment")([aligned_mix, vocals])}
+
+
+def build_waveunet(config: WaveUNetConfig, input_length: int | None = None, name: str = "waveunet") -> keras.Model:
+    """Functional Wave-U-Net: input "mix" ``[input_length, channels]`` -> ``{"vocals", "accompaniment"}``,
+    each ``[output_length, channels]``.
+
+    ``input_length=None`` builds a model for any valid length (see ``input_length_for``)."""
+    mix = keras.Input(shape=(input_length, config.channels), name="mix")
+    bottleneck, skips = _downsampling_path(config, mix)
+    features = _upsampling_path(config, bottleneck, skips)
+    features = CropConcat(name="concat_mix")([mix, features])
+    return keras.Model(mix, _source_outputs(config, mix, features), name=name)
