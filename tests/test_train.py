@@ -1,0 +1,86 @@
+"""train.py end to end on a tiny Wave-U-Net and tiny synthetic songs: the loss
+falls, the run directory is complete, and a killed run resumes where it was."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import train
+from models.waveunet import WaveUNetConfig
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+TINY_MODEL = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference",
+                            channels=2, sample_rate=8000, num_frames=2048)
+
+
+def write_run(run_dir: Path, cache_dir: Path, steps: int, validate_every: int) -> dict:
+    run = {
+        "arch": "waveunet",
+        "config_name": "tiny",
+        "model": TINY_MODEL.to_dict(),
+        "data": {"dataset": "synthetic", "data_root": None, "cache_dir": str(cache_dir), "synthetic_duration": 3.0,
+                 "synthetic_songs": {"train": 3, "valid": 1, "test": 1}},
+        "training": {**train.TRAINING_DEFAULTS, "steps": steps, "batch_size": 4, "learning_rate": 3e-3,
+                     "validate_every": validate_every, "validation_excerpts": 2},
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(run))
+    return run
+
+
+def test_training_lowers_the_loss_and_fills_the_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, tmp_path / "cache", steps=60, validate_every=20)
+    model, history = train.train(*train.resolve_run(train.parse_args(["--resume", str(run_dir)])))
+    losses = history.history["loss"]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert int(model.optimizer.iterations.numpy()) == 60
+    best = keras.saving.load_model(run_dir / "checkpoints" / "best.keras")
+    mix = np.random.default_rng(0).uniform(-0.1, 0.1, (1, model.input_shape[1] or 10000, 2)).astype(np.float32)
+    np.testing.assert_allclose(best.predict(mix, verbose=0)["vocals"], best(mix)["vocals"].numpy(), atol=1e-6)
+    events = {path.parent.name for path in (run_dir / "logs").rglob("events.out.tfevents*")}
+    assert {"train", "validation", "validation_examples"} <= events
+    assert "val_sdr_vocals" in history.history
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="not a run directory"):
+        train.resolve_run(train.parse_args(["--resume", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="unknown --config 'M9'"):
+        train.resolve_run(train.parse_args(["--config", "M9", "--run-dir", str(tmp_path / "x")]))
+    with pytest.raises(SystemExit, match="needs --data-root"):
+        train.main(["--dataset", "musdb", "--run-dir", str(tmp_path / "y"), "--steps", "1"])
+
+
+def run_training_process(run_dir: Path) -> subprocess.Popen:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "train.py", "--resume", str(run_dir)], cwd=REPOSITORY,
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_run_resumes_from_its_last_backup(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, tmp_path / "cache", steps=400, validate_every=10)
+    metadata = run_dir / "backup" / "training_metadata.json"
+    process = run_training_process(run_dir)
+    deadline = time.monotonic() + 240
+    while not (metadata.exists() and json.loads(metadata.read_text())["epoch"] >= 1):
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "no backup written in time"
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)  # no chance to clean up, as with a crash
+    process.wait(timeout=30)
+    killed_at_epoch = json.loads(metadata.read_text())["epoch"]
+    assert killed_at_epoch < 40
+
+    model, history = train.train(*train.resolve_run(train.parse_args(["--resume", str(run_dir), "--steps",
+                                                                      str(10 * (killed_at_epoch + 2))])))
+    assert len(history.history["loss"]) == 2  # only the epochs after the backup ran
+    assert int(model.optimizer.iterations.numpy()) == 10 * (killed_at_epoch + 2)  # step counter carried over

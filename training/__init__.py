@@ -1,0 +1,1 @@
+"""Training: architecture registry, distribution strategy, TensorBoard callbacks, metrics."""

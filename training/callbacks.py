@@ -1,0 +1,66 @@
+"""TensorBoard logging beyond Keras' own: validation SDR on fixed excerpts (with
+the mixture-as-estimate baseline beside it), the learning rate, and audio
+examples with their spectrograms."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import librosa
+import numpy as np
+import tensorflow as tf
+
+from data_pipeline.pipeline import SOURCES, CropSpec
+from training.metrics import signal_to_distortion
+
+SPECTROGRAM_FLOOR_DB = -80.0
+
+
+def spectrogram_image(audio: np.ndarray) -> np.ndarray:
+    """Log-magnitude spectrogram of the downmix as a ``[1, frequency, time, 1]`` image,
+    low frequencies at the bottom, 0 dB white and -80 dB black."""
+    magnitude = np.abs(librosa.stft(audio.mean(axis=-1), n_fft=1024, hop_length=256))
+    decibels = librosa.amplitude_to_db(magnitude, ref=1.0, top_db=None)
+    image = np.clip(decibels, SPECTROGRAM_FLOOR_DB, 0.0) / -SPECTROGRAM_FLOOR_DB + 1.0
+    return image[::-1, :, None][None].astype(np.float32)
+
+
+class ValidationExamples(keras.callbacks.Callback):
+    """At each validation: SDR of the model and of the mixture on fixed excerpts,
+    the learning rate, and (for the first ``audio_examples``) audio and spectrograms."""
+
+    def __init__(self, log_dir, mix: np.ndarray, targets: dict, crop: CropSpec, sample_rate: int,
+                 audio_examples: int = 2):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "validation_examples"))
+        self.mix, self.targets, self.sample_rate = mix, targets, sample_rate
+        self.mix_centre = mix[:, crop.context_left:crop.context_left + crop.output_length]
+        self.audio_examples = audio_examples
+        self.references_logged = False
+
+    def _log_audio(self, name: str, audio: np.ndarray, step: int):
+        for index in range(min(self.audio_examples, len(audio))):
+            clip = np.clip(audio[index], -1.0, 1.0)
+            tf.summary.audio(f"{name}/example_{index}", clip[None], self.sample_rate, step=step)
+            tf.summary.image(f"{name}_spectrogram/example_{index}", spectrogram_image(clip), step=step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        estimates = self.model.predict(self.mix, batch_size=4, verbose=0)
+        with self.writer.as_default():
+            for source in SOURCES:
+                sdr = signal_to_distortion(self.targets[source], estimates[source])
+                baseline = signal_to_distortion(self.targets[source], self.mix_centre)
+                tf.summary.scalar(f"sdr/{source}", sdr, step=step)
+                tf.summary.scalar(f"sdr_mixture_baseline/{source}", baseline, step=step)
+                if logs is not None:
+                    logs[f"val_sdr_{source}"] = sdr
+                self._log_audio(f"estimate_{source}", estimates[source], step)
+            tf.summary.scalar("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+                              step=step)
+            if not self.references_logged:
+                self._log_audio("mixture", self.mix_centre, step)
+                for source in SOURCES:
+                    self._log_audio(f"reference_{source}", self.targets[source], step)
+                self.references_logged = True
+        self.writer.flush()
