@@ -30,7 +30,7 @@ from training.strategy import choose_strategy, describe  # noqa: E402
 # Training settings per named config; flags override them. "small" finishes in
 # minutes on a 2-core CPU; the paper configs use f90's batch size and learning rate.
 TRAINING_PRESETS = {
-    "small": {"steps": 450, "batch_size": 8, "learning_rate": 5e-4, "validate_every": 150},
+    "small": {"steps": 400, "batch_size": 8, "learning_rate": 5e-4, "validate_every": 200},
 }
 TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8}
@@ -178,7 +178,7 @@ def train(run_dir: Path, run: dict, strategy=None):
     history = model.fit(train_data, validation_data=valid_data, epochs=epochs,
                         steps_per_epoch=training["validate_every"], shuffle=False,
                         callbacks=make_callbacks(run_dir, run, model, valid_data, crop, model_config.sample_rate),
-                        verbose=2)
+                        verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal, lines in a log
     print(f"Done after {int(model.optimizer.iterations.numpy())} steps; best model: {run_dir / 'checkpoints' / 'best.keras'}")
     return model, history
 

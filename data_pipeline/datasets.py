@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.audio import SUPPORTED_EXTENSIONS, load_audio, write_wav
+from data_pipeline.audio import SUPPORTED_EXTENSIONS, audio_info, load_audio, write_wav
 
 SPLITS = ("train", "valid", "test")
 
@@ -50,6 +50,16 @@ class SyntheticOptions:
     duration: float = 20.0
     seed: int = 0
     cache_dir: str | None = None  # default: $WAVESEP_CACHE or ~/.cache/wavesep
+
+
+def native_sample_rate(track: Track) -> int:
+    """The sample rate a track's mixture (or vocals) is stored at."""
+    first = (track.mixture or track.vocals)[0]
+    if first.stream is not None:
+        import stempeg  # imported lazily: it probes ffmpeg on import
+
+        return int(stempeg.Info(first.path).rate(first.stream))
+    return audio_info(first.path).sample_rate
 
 
 def load_track(track: Track, sample_rate: int, channels: int = 2) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from models.framing import ChunkPlan
 from models.layers import CenterCrop1D, CropConcat, Decimate, LearnedUpsample, LinearUpsample
 
 SOURCES = ("vocals", "accompaniment")
@@ -129,6 +130,26 @@ def context_length(config: WaveUNetConfig) -> int:
     for every valid length, since both lengths grow by 2**num_layers per step."""
     input_, output = input_length_for(config, 1)
     return input_ - output
+
+
+def chunk_plan(config: WaveUNetConfig, chunk_output_length: int) -> ChunkPlan:
+    """How to separate a long song in calls of about ``chunk_output_length`` output samples.
+
+    Chunks start on multiples of 2**num_layers, so every decimation keeps the same
+    samples as in one pass over the song. A context model needs nothing more; a
+    same-padding model gets a margin as wide as its receptive radius on both
+    sides, and the outputs computed from zero padding there are dropped."""
+    grid = 2**config.num_layers
+    if config.context:
+        input_length, output_length = input_length_for(config, max(chunk_output_length, grid))
+        stride = output_length - output_length % grid
+        return ChunkPlan(input_length, (input_length - output_length) // 2, output_length, 0, stride)
+    # The valid model's context bounds the receptive radius up to the interpolation
+    # taps at each level, which one more grid step covers.
+    radius = context_length(dataclasses.replace(config, context=True)) // 2
+    margin = (-(-radius // grid) + 1) * grid
+    input_length = -(-(chunk_output_length + 2 * margin) // grid) * grid
+    return ChunkPlan(input_length, 0, input_length, margin, input_length - 2 * margin)
 
 
 # ---------------------------------------------------------------- model

@@ -84,3 +84,25 @@ def test_a_killed_run_resumes_from_its_last_backup(tmp_path):
                                                                       str(10 * (killed_at_epoch + 2))])))
     assert len(history.history["loss"]) == 2  # only the epochs after the backup ran
     assert int(model.optimizer.iterations.numpy()) == 10 * (killed_at_epoch + 2)  # step counter carried over
+
+
+STRATEGY_SCRIPT = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import train
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+model, history = train.train(*train.resolve_run(train.parse_args(["--resume", sys.argv[1]])), strategy=strategy)
+print("replicas", strategy.num_replicas_in_sync, "steps", int(model.optimizer.iterations.numpy()))
+"""
+
+
+def test_training_under_a_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
+    result = subprocess.run([sys.executable, "-c", STRATEGY_SCRIPT, str(run_dir)], cwd=REPOSITORY, text=True,
+                            capture_output=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy with 2 replica(s)" in result.stdout
+    assert "replicas 2 steps 6" in result.stdout

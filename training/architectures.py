@@ -18,6 +18,7 @@ class Architecture:
     config_from_dict: Callable
     build: Callable  # (config, input_length=None) -> keras.Model
     input_length_for: Callable  # (config, output_length) -> (input_length, output_length)
+    chunk_plan: Callable  # (config, chunk_output_length) -> models.framing.ChunkPlan
 
 
 ARCHITECTURES = {
@@ -27,5 +28,6 @@ ARCHITECTURES = {
         config_from_dict=waveunet.WaveUNetConfig.from_dict,
         build=waveunet.build_waveunet,
         input_length_for=waveunet.input_length_for,
+        chunk_plan=waveunet.chunk_plan,
     ),
 }

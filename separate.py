@@ -1,0 +1,83 @@
+"""Separate songs into vocals and accompaniment.
+
+    python separate.py song.mp3 other.flac --model runs/waveunet-small-... --out separated/
+
+writes separated/<song>/vocals.wav and separated/<song>/accompaniment.wav at each
+input's own sample rate, channel count and length. Inputs: WAV, FLAC, MP3 or OGG,
+mono or stereo, any length (processed in chunks, memory stays bounded). A file
+that cannot be read is reported and skipped; the others are still separated.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from data_pipeline.audio import AudioError, load_audio, write_wav  # noqa: E402
+from inference import load_separator, separate_song  # noqa: E402
+
+PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "waveunet-synthetic"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files (WAV/FLAC/MP3/OGG)")
+    parser.add_argument("--model", help=f"run directory of a trained model (default: the shipped {PRETRAINED.name})")
+    parser.add_argument("--out", default="separated", help="output folder (default: separated/)")
+    parser.add_argument("--chunk-seconds", type=float, default=30.0,
+                        help="audio per model call; lower it to use less memory (default: 30)")
+    return parser.parse_args(argv)
+
+
+def device_description() -> str:
+    gpus = tf.config.list_logical_devices("GPU")
+    return f"GPU ({', '.join(g.name for g in gpus)})" if gpus else f"CPU ({os.cpu_count()} cores)"
+
+
+def separate_file(separator, path: Path, out: Path, chunk_seconds: float) -> Path:
+    audio, sample_rate = load_audio(path)
+    destination = out / path.stem
+    seconds = len(audio) / sample_rate
+    with tqdm(total=round(seconds * separator.passes(audio.shape[1]), 1), desc=path.name, unit="s audio",
+              leave=False) as bar:
+        sources = separate_song(separator, audio, sample_rate, chunk_seconds,
+                                progress=lambda samples: bar.update(samples / separator.sample_rate))
+    for name, estimate in sources.items():
+        write_wav(destination / f"{name}.wav", estimate, sample_rate)
+    return destination
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model_path = Path(args.model) if args.model else PRETRAINED
+    if args.model is None:
+        print(f"No --model given: using the shipped pretrained model {model_path}")
+    try:
+        separator = load_separator(model_path)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Model {separator.source} ({separator.arch}, {separator.sample_rate} Hz, "
+          f"{'stereo' if separator.channels == 2 else 'mono'}) on {device_description()}")
+    if separator.channels == 1:
+        print("Mono model: each channel of a stereo input is separated on its own")
+    failures = 0
+    for name in args.inputs:
+        path = Path(name)
+        try:
+            destination = separate_file(separator, path, Path(args.out), args.chunk_seconds)
+            print(f"{path} -> {destination}/vocals.wav, accompaniment.wav")
+        except AudioError as error:
+            failures += 1
+            print(f"error: {error} (skipped)", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
