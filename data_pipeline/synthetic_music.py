@@ -10,25 +10,29 @@ draws all of its choices from ``np.random.default_rng(seed)``:
 2. **Vocals** (``render_vocals``): a source-filter singer. A band-limited
    glottal-like source (sawtooth/pulse mix with random spectral tilt) follows a
    sung melody with portamento, delayed-onset vibrato, jitter, shimmer and
-   intonation errors. Breath noise joins it, and the sum passes through 3-5
-   formant resonators whose frequencies glide from vowel to vowel (processed
-   in 10 ms blocks with carried filter state). Syllable envelopes, phrase
-   rests, breath intakes and fricative/plosive bursts finish the voice.
-   Sometimes a doubled or harmony voice and an echo are added.
+   intonation errors. Breath noise joins it, and the sum passes through a
+   cascade of resonators: 3-5 formants glide from vowel to vowel (10 ms blocks,
+   filter state carried across coefficient changes) and fixed higher tract
+   resonances keep the upper spectrum alive. Syllable envelopes, phrase rests,
+   an instrumental intro, breath intakes and fricative/plosive bursts shape the
+   voice; a mix EQ (low cut, presence boost) brightens it like a produced vocal.
+   Sometimes a doubled or harmony voice and a ping-pong echo are added.
 3. **Accompaniment** (``render_accompaniment``): one or two chord instruments
-   (always present), usually bass and drums, sometimes a lead instrument. The
-   chord and lead instruments play harmonic, pitched notes *in the vocal
-   register* (and the lead fills the vocal gaps), so voice and accompaniment
-   overlap in frequency: the separator must learn formants, vibrato, breath
-   and syllables instead of a frequency split.
+   (always present; pads, organ, FM e-piano, piano, Karplus-Strong strums,
+   synths, sometimes overdriven like electric guitars), usually bass and drums,
+   sometimes a lead instrument. Chord and lead instruments play harmonic,
+   pitched notes *in the vocal register* (the lead often fills the vocal gaps),
+   so voice and accompaniment overlap in frequency: the separator must learn
+   formants, vibrato, breath and syllables instead of a frequency split.
 4. **Mix**: separate stereo-decorrelated noise reverbs per stem, a random
    vocal-to-accompaniment ratio (-9..+6 dB) and a random peak (<= 0.95)
    applied to both stems alike.
 
-Nothing aliases: saw and pulse oscillators use PolyBLEP at 2x (4x below 16 kHz)
-oversampling followed by an elliptic low-pass at 0.45 * sample_rate; additive
-and FM partials above 0.45 * sample_rate are left out. Karplus-Strong plucks,
-noise and resonators are filters, which cannot alias.
+Nothing aliases at any sample rate: saw and pulse oscillators use PolyBLEP at
+2x (4x below 16 kHz) oversampling followed by an elliptic low-pass at
+0.45 * sample_rate; additive, FM and resonator frequencies stay below
+0.45 * sample_rate; overdrive runs at >= 96 kHz. Karplus-Strong plucks and
+noise are filters, which cannot alias.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from typing import Callable
 import numpy as np
 from scipy import signal
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # cache key: bump whenever any (seed, sample_rate, duration) gives different audio
 
 PEAK_LIMIT = 0.95
 PARTIAL_LIMIT = 0.45  # highest synthesized frequency, as a fraction of the sample rate
@@ -82,7 +86,17 @@ VOWELS = (
     (640, 1190, 2390), (490, 1350, 1690),
 )
 FORMANT_BANDWIDTHS = (80.0, 100.0, 140.0, 200.0, 260.0)
-# consonant: (noise band low Hz, high Hz, duration range in seconds, plosive?)
+# Static resonances above F5 (every 1.1 kHz up to 10 kHz, for a tract scale of 1) continue the tube:
+# without them the resonator cascade falls at 60 dB/octave above F5 and the voice sounds muffled.
+UPPER_RESONANCES = tuple(np.arange(5600.0, 10001.0, 1100.0))
+UPPER_BANDWIDTH = 400.0
+# voiced consonant: F1, F2, F3 it starts the syllable with before gliding into the vowel
+VOICED_ONSETS = {
+    "m": (270, 1100, 2200), "n": (280, 1600, 2600), "l": (360, 1000, 2800),
+    "w": (300, 700, 2200), "y": (280, 2200, 3000), "r": (350, 1100, 1600),
+}
+VOICED_ONSET_S = 0.07  # at most, and never more than 30 % of the note
+# unvoiced consonant: (noise band low Hz, high Hz, duration range in seconds, plosive?)
 CONSONANTS = {
     "s": (4000, 9000, (0.06, 0.15), False),
     "sh": (2000, 5000, (0.06, 0.14), False),
@@ -117,28 +131,25 @@ BASS_PATTERNS = {
     "octaves": tuple((step, 12 * (step % 4 == 2)) for step in EIGHTHS),
     "syncopated": ((0, 0), (3, 0), (6, 0), (10, 0), (12, 7)),
 }
-# chord timbre: rhythms that suit it
+# chord timbre: (rhythms that suit it, envelope styles that suit it)
 CHORD_TIMBRES = {
-    "detuned_saw": ("sustain", "stabs"),
-    "organ": ("sustain", "stabs"),
-    "fm": ("sustain", "stabs", "arpeggio"),
-    "pluck": ("strum", "arpeggio"),
-    "saw": ("stabs", "arpeggio"),
-    "square": ("stabs", "arpeggio", "sustain"),
+    "detuned_saw": (("sustain", "stabs"), ("swell", "sustained")),
+    "organ": (("sustain", "stabs"), ("sustained",)),
+    "fm": (("sustain", "stabs", "arpeggio"), ("struck", "sustained", "plucked")),
+    "piano": (("sustain", "stabs", "arpeggio"), ("struck",)),
+    "pluck": (("strum", "arpeggio"), ("plucked",)),
+    "saw": (("stabs", "arpeggio", "strum"), ("plucked", "sustained")),
+    "square": (("stabs", "arpeggio", "sustain"), ("sustained", "plucked", "swell")),
 }
+DISTORTABLE_TIMBRES = ("detuned_saw", "pluck", "saw", "square")  # overdriven, these pass for electric guitars
 BASS_TIMBRES = ("sine", "saw", "square", "pluck", "fm")
-LEAD_TIMBRES = ("square", "fm", "pluck", "saw", "organ")
+LEAD_TIMBRES = ("square", "fm", "pluck", "saw", "organ", "piano")
 # attack, decay, sustain level, release (ranges)
 ENVELOPE_STYLES = {
     "swell": ((0.05, 0.5), (0.5, 2.0), (0.6, 1.0), (0.2, 0.6)),
     "sustained": ((0.003, 0.03), (0.2, 1.0), (0.5, 1.0), (0.02, 0.15)),
     "plucked": ((0.001, 0.01), (0.1, 0.8), (0.0, 0.3), (0.02, 0.15)),
-}
-RHYTHM_ENVELOPES = {
-    "sustain": ("swell", "sustained"),
-    "stabs": ("sustained", "plucked"),
-    "arpeggio": ("plucked", "sustained"),
-    "strum": ("plucked",),
+    "struck": ((0.001, 0.005), (0.4, 3.0), (0.0, 0.1), (0.05, 0.3)),
 }
 
 
@@ -211,6 +222,7 @@ class Song:
 
 
 def compose_song(rng: np.random.Generator, sample_rate: int, n_samples: int) -> Song:
+    """Tempo, meter, swing, key, scale and the chord progression looped over the whole song."""
     step_s = 60.0 / rng.uniform(60, 180) / 4
     steps_per_bar = 12 if rng.random() < 0.15 else 16
     swing, swing_period = (rng.uniform(0.1, 0.35), _pick(rng, (2, 4))) if rng.random() < 0.3 else (0.0, 4)
@@ -240,9 +252,9 @@ def scale_pitches(song: Song, low: float, high: float) -> list[int]:
     return [m for m in range(int(np.ceil(low)), int(high) + 1) if (m - song.key) % 12 in song.melody_scale]
 
 
-def compose_phrases(rng, song: Song, low: float, high: float, first_step: int,
-                    density: float, max_rest_beats: int) -> list[list[Note]]:
-    """A melody in phrases of 2-8 beats separated by rests, moving mostly stepwise in the scale."""
+def compose_phrases(rng, song: Song, low: float, high: float, first_step: int, density: float,
+                    max_rest_beats: int, break_probability: float = 0.0) -> list[list[Note]]:
+    """A melody in phrases of 2-8 beats separated by rests (sometimes 1-2 bar breaks), mostly stepwise."""
     pitches = scale_pitches(song, low, high)
     lengths, weights = _note_length_options(song, density)
     legato = rng.uniform(0.6, 1.0)
@@ -262,6 +274,8 @@ def compose_phrases(rng, song: Song, low: float, high: float, first_step: int,
         notes[-1] = replace(notes[-1], duration=notes[-1].duration + hold * song.step_s)
         phrases.append(notes)
         step += hold + int(rng.integers(2, 4 * max_rest_beats + 1))
+        if rng.random() < break_probability:
+            step += song.steps_per_bar * int(rng.integers(1, 3))
     return phrases
 
 
@@ -309,13 +323,13 @@ def arrangement(rng, song: Song, gap_probability: float) -> np.ndarray:
 class Syllable:
     note: Note
     vowel: tuple[float, ...]  # F1..F5 in Hz for a vocal-tract scale of 1
-    consonant: str | None  # key of CONSONANTS sounded before the vowel
+    consonant: str | None  # key of CONSONANTS or VOICED_ONSETS, sounded before the vowel
 
 
 @dataclass(frozen=True)
 class Singer:
     tract_scale: float
-    n_formants: int
+    n_moving_formants: int  # how many formants follow the vowels; the others hold their average
     bandwidths: np.ndarray
     vowel_glide_s: float
     glide_s: float  # portamento time constant
@@ -325,6 +339,7 @@ class Singer:
     jitter: float  # semitones
     shimmer: float  # relative amplitude
     intonation: float  # standard deviation of the per-note pitch error, semitones
+    scoop_probability: float  # chance that a note starts below its pitch and slides up
     tilt_hz: float  # source spectral tilt corner
     pulse_mix: float
     pulse_duty: float
@@ -339,10 +354,11 @@ def render_vocals(rng, song: Song) -> tuple[np.ndarray, list[list[Syllable]]]:
     voice_type = _pick(rng, tuple(VOICE_TYPES))
     low, high = VOICE_TYPES[voice_type][:2]
     center, half_range = rng.uniform(low + 5, high - 5), rng.uniform(4, 9)
-    intro_s = rng.uniform(0.3, 3.0) * min(1.0, 0.2 * song.n_samples / song.sample_rate / 3.0)
+    # an instrumental intro (at most a fifth of the song) guarantees the stem some true silence
+    intro_s = min(rng.uniform(1.0, 4.0), 0.2 * song.n_samples / song.sample_rate)
     notes = compose_phrases(rng, song, max(low, center - half_range), min(high, center + half_range),
                             first_step=int(intro_s / song.step_s), density=rng.uniform(0, 1),
-                            max_rest_beats=int(rng.integers(1, 7)))
+                            max_rest_beats=int(rng.integers(1, 7)), break_probability=rng.uniform(0, 0.3))
     phrases = compose_lyrics(rng, notes)
     stereo = pan(render_voice(rng, phrases, draw_singer(rng, voice_type), song), rng.uniform(-0.2, 0.2))
     if rng.random() < 0.4:
@@ -351,7 +367,14 @@ def render_vocals(rng, song: Song) -> tuple[np.ndarray, list[list[Syllable]]]:
         stereo += pan(voice, rng.uniform(0.3, 0.8) * rng.choice((-1, 1))) * db_to_gain(rng.uniform(-10, -3))
     if rng.random() < 0.3:
         stereo = add_echo(rng, stereo, song)
-    return filter_audio(stereo, "highpass", rng.uniform(60, 150), song.sample_rate), phrases
+    return vocal_eq(rng, stereo, song.sample_rate), phrases
+
+
+def vocal_eq(rng, stereo: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mix-style vocal EQ: a low cut and a presence boost (produced vocals are brighter than speech)."""
+    stereo = filter_audio(stereo, "highpass", rng.uniform(60, 150), sample_rate)
+    boost = db_to_gain(rng.uniform(0, 12)) - 1
+    return stereo + boost * filter_audio(stereo, "highpass", _log_uniform(rng, 1000, 4000), sample_rate, order=1)
 
 
 def compose_lyrics(rng, phrases: list[list[Note]]) -> list[list[Syllable]]:
@@ -364,7 +387,7 @@ def compose_lyrics(rng, phrases: list[list[Note]]) -> list[list[Syllable]]:
             if syllables and rng.random() < melisma_rate:
                 syllables.append(Syllable(note, syllables[-1].vowel, None))
                 continue
-            consonant = _pick(rng, tuple(CONSONANTS)) if rng.random() < consonant_rate else None
+            consonant = _pick(rng, (*CONSONANTS, *VOICED_ONSETS)) if rng.random() < consonant_rate else None
             syllables.append(Syllable(note, draw_vowel(rng), consonant))
         lyrics.append(syllables)
     return lyrics
@@ -380,7 +403,7 @@ def draw_singer(rng, voice_type: str) -> Singer:
     scale_low, scale_high = VOICE_TYPES[voice_type][2:]
     return Singer(
         tract_scale=rng.uniform(scale_low, scale_high),
-        n_formants=int(rng.integers(3, 6)),
+        n_moving_formants=int(rng.integers(3, 6)),
         bandwidths=np.array(FORMANT_BANDWIDTHS) * rng.uniform(0.6, 1.5),
         vowel_glide_s=rng.uniform(0.02, 0.08),
         glide_s=rng.uniform(0.01, 0.12),
@@ -390,10 +413,11 @@ def draw_singer(rng, voice_type: str) -> Singer:
         jitter=rng.uniform(0.02, 0.15),
         shimmer=rng.uniform(0.02, 0.2),
         intonation=rng.uniform(0.0, 0.2),
-        tilt_hz=_log_uniform(rng, 300, 3000),
+        scoop_probability=rng.uniform(0.0, 0.5),
+        tilt_hz=_log_uniform(rng, 1000, 10000),
         pulse_mix=rng.uniform(0.0, 0.6),
         pulse_duty=rng.uniform(0.2, 0.6),
-        breathiness=_log_uniform(rng, 0.01, 0.4),
+        breathiness=_log_uniform(rng, 0.005, 0.2),
         inhale_probability=rng.uniform(0.0, 0.7),
         attack_s=rng.uniform(0.01, 0.08),
         release_s=rng.uniform(0.03, 0.2),
@@ -436,7 +460,20 @@ def pitch_contour(rng, notes: list[Note], singer: Singer, song: Song) -> np.ndar
     targets = [note.midi + rng.normal(0.0, singer.intonation) for note in notes]
     midi = one_pole_smooth(hold_track(_sample_indices(notes, sr), targets, n), singer.glide_s, sr)
     drift = rng.uniform(0.0, 0.15) * smooth_noise(rng, n, sr, 2.0)
-    return midi + vibrato(rng, notes, singer, song) + singer.jitter * smooth_noise(rng, n, sr, 40.0) + drift
+    return (midi + scoops(rng, notes, singer, song) + vibrato(rng, notes, singer, song)
+            + singer.jitter * smooth_noise(rng, n, sr, 40.0) + drift)
+
+
+def scoops(rng, notes: list[Note], singer: Singer, song: Song) -> np.ndarray:
+    """Pitch offsets of notes attacked from below: up to 1.5 semitones flat, rising within ~50 ms."""
+    n, sr = song.n_samples, song.sample_rate
+    offset = np.zeros(n)
+    for note in notes:
+        if rng.random() < singer.scoop_probability:
+            start = int(note.start * sr)
+            t = np.arange(min(int(0.3 * sr), n - start)) / sr
+            offset[start:start + len(t)] -= rng.uniform(0.3, 1.5) * np.exp(-t / rng.uniform(0.02, 0.08))
+    return offset
 
 
 def vibrato(rng, notes: list[Note], singer: Singer, song: Song) -> np.ndarray:
@@ -485,13 +522,30 @@ def formant_tracks(syllables: list[Syllable], singer: Singer, f0: np.ndarray, so
     sr = song.sample_rate
     block = _formant_block(sr)
     n_blocks = int(np.ceil(song.n_samples / block))
-    starts = [int(syllable.note.start * sr / block) for syllable in syllables]
-    vowels = hold_track(starts, np.array([syllable.vowel for syllable in syllables]), n_blocks)
+    times, targets = syllable_formant_targets(syllables)
+    vowels = hold_track((np.array(times) * sr / block).astype(int), np.array(targets), n_blocks)
     formants = one_pole_smooth(vowels, singer.vowel_glide_s, sr / block) * singer.tract_scale
+    formants[:, singer.n_moving_formants:] = formants[:, singer.n_moving_formants:].mean(axis=0)
     formants[:, 0] = np.maximum(formants[:, 0], 1.1 * f0[::block][:n_blocks])  # singers raise F1 above f0
-    below_limit = formants.mean(axis=0) < PARTIAL_LIMIT * sr
-    keep = min(singer.n_formants, int(below_limit.sum()))
-    return np.minimum(formants[:, :keep], PARTIAL_LIMIT * sr), singer.bandwidths[:keep]
+    upper = np.array(UPPER_RESONANCES) * singer.tract_scale
+    formants = np.concatenate([formants, np.broadcast_to(upper, (n_blocks, len(upper)))], axis=1)
+    bandwidths = np.concatenate([singer.bandwidths, np.full(len(upper), UPPER_BANDWIDTH)])
+    audible = formants.mean(axis=0) < PARTIAL_LIMIT * sr
+    return np.minimum(formants[:, audible], PARTIAL_LIMIT * sr), bandwidths[audible]
+
+
+def syllable_formant_targets(syllables: list[Syllable]) -> tuple[list[float], list[tuple[float, ...]]]:
+    """When each formant target begins: a voiced consonant's formants, then the vowel's."""
+    times, targets = [], []
+    for syllable in syllables:
+        vowel_start = syllable.note.start
+        if syllable.consonant in VOICED_ONSETS:
+            times.append(vowel_start)
+            targets.append(VOICED_ONSETS[syllable.consonant] + syllable.vowel[3:])
+            vowel_start += min(VOICED_ONSET_S, 0.3 * syllable.note.duration)
+        times.append(vowel_start)
+        targets.append(syllable.vowel)
+    return times, targets
 
 
 def formant_filter(x: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -501,9 +555,24 @@ def formant_filter(x: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray, 
     state = np.zeros((formants.shape[1], 2))
     out = np.empty_like(x)
     for index, sos in enumerate(sections):
+        if index:
+            state = _restate(state, sections[index - 1], sos)
         span = slice(index * block, (index + 1) * block)
         out[span], state = signal.sosfilt(sos, x[span], zi=state)
     return out
+
+
+def _restate(state: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Re-express resonator state for new coefficients, keeping each section's last two outputs.
+
+    sosfilt's transposed state mixes in the old coefficients; reused with new ones it makes clicks.
+    Carrying the output history instead behaves like direct form I, which glides smoothly.
+    (The sections have no zeros, so the output history is the whole state.)
+    """
+    a1, a2 = old[:, 4], old[:, 5]
+    last = -state[:, 1] / a2
+    before_last = -(state[:, 0] + a1 * last) / a2
+    return np.stack([-new[:, 4] * last - new[:, 5] * before_last, -new[:, 5] * last], axis=1)
 
 
 def resonator_sections(frequencies: np.ndarray, bandwidths: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -521,7 +590,7 @@ def consonant_noise(rng, syllables: list[Syllable], song: Song) -> np.ndarray:
     sr, out = song.sample_rate, np.zeros(song.n_samples)
     level = rng.uniform(0.15, 0.6)
     for syllable in syllables:
-        if syllable.consonant is None:
+        if syllable.consonant not in CONSONANTS:
             continue
         low, high, (shortest, longest), plosive = CONSONANTS[syllable.consonant]
         stop = min(song.n_samples, int((syllable.note.start + 0.01) * sr))
@@ -579,19 +648,23 @@ def render_accompaniment(rng, song: Song, vocal_phrases: list[list[Syllable]]) -
 def render_chords(rng, song: Song, active_bars: np.ndarray) -> np.ndarray:
     """A chord instrument voiced around a random centre inside the vocal register."""
     timbre = _pick(rng, tuple(CHORD_TIMBRES))
-    rhythm = _pick(rng, CHORD_TIMBRES[timbre])
-    instrument = make_instrument(rng, timbre, draw_envelope(rng, _pick(rng, RHYTHM_ENVELOPES[rhythm])),
-                                 song.sample_rate)
+    rhythms, envelope_styles = CHORD_TIMBRES[timbre]
+    rhythm = _pick(rng, rhythms)
+    instrument = make_instrument(rng, timbre, draw_envelope(rng, _pick(rng, envelope_styles)), song.sample_rate)
     hits = chord_hits(rng, song, rhythm)
     center = rng.uniform(52, 72)
     if rhythm == "arpeggio":
         lines = [arpeggio_notes(rng, song, hits, center)]
     else:
         lines = chord_lines(rng, song, hits, center, strum_s=rng.uniform(0.005, 0.03) * (rhythm == "strum"))
-    return render_lines(rng, [keep_active_bars(line, song, active_bars) for line in lines], instrument, song)
+    chords = render_lines(rng, [keep_active_bars(line, song, active_bars) for line in lines], instrument, song)
+    if timbre in DISTORTABLE_TIMBRES and rng.random() < 0.35:
+        distorted = overdrive(chords, rng.uniform(2, 12), song.sample_rate)
+        chords = filter_audio(distorted, "lowpass", rng.uniform(2500, 6000), song.sample_rate, order=4)  # speaker
+    return chords
 
 
-def chord_hits(rng, song: Song, rhythm: str) -> list[tuple[int, int, float]]:
+def chord_hits(rng, song: Song, rhythm: str) -> list[tuple[int, float, float]]:
     """(step, length in steps, velocity) of every chord attack."""
     if rhythm == "sustain":
         return [(chord.start_step, chord.n_steps, rng.uniform(0.8, 1.0)) for chord in song.chords]
@@ -621,6 +694,7 @@ def chord_lines(rng, song: Song, hits, center: float, strum_s: float) -> list[li
 
 
 def arpeggio_notes(rng, song: Song, hits, center: float) -> list[Note]:
+    """One chord tone per hit, cycling up, down or up and down through the voicing plus its octave."""
     direction = _pick(rng, ("up", "down", "up_down"))
     notes = []
     for index, (step, length, velocity) in enumerate(hits):
@@ -675,7 +749,8 @@ def _outside_vocal_phrases(notes: list[Note], vocal_phrases: list[list[Syllable]
 def render_lines(rng, lines: list[list[Note]], instrument: Instrument, song: Song) -> np.ndarray:
     """Render each monophonic line and spread the lines across the stereo field."""
     spread, offset = rng.uniform(0, 0.8), rng.uniform(-0.3, 0.3)
-    pans = np.clip(offset + np.linspace(-spread, spread, len(lines)), -1, 1)
+    ranks = np.arange(len(lines)) - (len(lines) - 1) / 2  # centred: a single line sits at the offset
+    pans = np.clip(offset + spread * ranks / max(1.0, ranks.max()), -1, 1)
     out = np.zeros((song.n_samples, 2))
     for line, position in zip(lines, pans):
         if line:
@@ -691,7 +766,7 @@ def make_instrument(rng, timbre: str, envelope: Envelope, sample_rate: int) -> I
     """An instrument with its timbre drawn once, so all of a part's notes sound alike."""
     factories = {"detuned_saw": detuned_saw_instrument, "saw": saw_instrument, "square": square_instrument,
                  "organ": organ_instrument, "fm": fm_instrument, "sine": sine_instrument,
-                 "pluck": pluck_instrument}
+                 "piano": piano_instrument, "pluck": pluck_instrument}
     return factories[timbre](rng, envelope, sample_rate)
 
 
@@ -753,13 +828,29 @@ def fm_instrument(rng, envelope: Envelope, sr: int) -> Instrument:
 
 
 def sine_instrument(rng, envelope: Envelope, sr: int) -> Instrument:
-    second_harmonic, drive = rng.uniform(0, 0.5), rng.uniform(1, 4)
+    second_harmonic, drive = rng.uniform(0, 0.5), rng.uniform(0.5, 4)
 
     def play(notes, song):
         freq, amp = line_controls(notes, song, envelope)
         cycles = 2 * np.pi * np.cumsum(freq) / sr
-        tone = np.tanh(drive * (np.sin(cycles) + second_harmonic * np.sin(2 * cycles))) / np.tanh(drive)
-        return tone * amp
+        return overdrive((np.sin(cycles) + second_harmonic * np.sin(2 * cycles)) * amp, drive, sr)
+    return play
+
+
+def piano_instrument(rng, envelope: Envelope, sr: int) -> Instrument:
+    """Struck string: slightly stretched partials; higher ones die sooner, so soft notes sound darker."""
+    stiffness, damping, rolloff = _log_uniform(rng, 1e-5, 5e-4), rng.uniform(0.1, 0.6), rng.uniform(0.7, 1.5)
+
+    def play(notes, song):
+        freq, amp = line_controls(notes, song, envelope)
+        cycles = 2 * np.pi * np.cumsum(freq) / sr
+        log_amp = np.log(amp + 1e-9)
+        tone = np.zeros(len(freq))
+        for k in range(1, 11):
+            stretch = k * np.sqrt(1 + stiffness * k * k)
+            if stretch * freq.max() < PARTIAL_LIMIT * sr:
+                tone += k ** -rolloff * np.sin(stretch * cycles) * np.exp(log_amp * (1 + damping * (k - 1)))
+        return tone
     return play
 
 
@@ -799,7 +890,7 @@ def render_drums(rng, song: Song, active_bars: np.ndarray) -> np.ndarray:
     pans = {"kick": 0.0, "snare": rng.uniform(-0.15, 0.15), "hat": rng.uniform(-0.6, 0.6)}
     pans["open_hat"] = pans["hat"]
     levels = {"kick": 1.0, "snare": db_to_gain(rng.uniform(-4, 1)),
-              "hat": db_to_gain(rng.uniform(-16, -5)), "open_hat": db_to_gain(rng.uniform(-16, -6))}
+              "hat": db_to_gain(rng.uniform(-22, -10)), "open_hat": db_to_gain(rng.uniform(-24, -12))}
     tracks = {name: np.zeros(song.n_samples) for name in kit}
     for step, name, velocity in drum_hits(rng, song, active_bars):
         start = int((song.step_time(step) + rng.normal(0, 0.003)) * sr)
@@ -809,10 +900,11 @@ def render_drums(rng, song: Song, active_bars: np.ndarray) -> np.ndarray:
 
 
 def drum_hits(rng, song: Song, active_bars: np.ndarray) -> list[tuple[int, str, float]]:
+    """(step, drum, velocity) of every hit: the style's pattern, randomly thinned and accented."""
     kick, snare, hats, open_hats = DRUM_PATTERNS[_pick(rng, tuple(DRUM_PATTERNS))]
     if hats and rng.random() < 0.4:
         hats = _pick(rng, HAT_GRIDS)
-    variation, humanize = rng.uniform(0, 0.15), rng.uniform(0.05, 0.3)
+    variation, velocity_spread = rng.uniform(0, 0.15), rng.uniform(0.05, 0.3)
     hits = []
     for bar in np.flatnonzero(active_bars):
         first = bar * song.steps_per_bar
@@ -821,7 +913,7 @@ def drum_hits(rng, song: Song, active_bars: np.ndarray) -> list[tuple[int, str, 
             for step in steps:
                 if step < song.steps_per_bar and rng.random() > variation:
                     accent = 1.0 if step % 4 == 0 else 0.8
-                    hits.append((first + step, name, loudness * accent * (1 - humanize * rng.random())))
+                    hits.append((first + step, name, loudness * accent * (1 - velocity_spread * rng.random())))
         hits += _drum_extras(rng, first, song, variation, last_of_phrase=bar % 4 == 3)
     return [hit for hit in hits if hit[0] < song.n_steps]
 
@@ -851,7 +943,7 @@ def make_kick(rng, sr: int) -> Callable[[], np.ndarray]:
 def make_snare(rng, sr: int) -> Callable[[], np.ndarray]:
     clap = rng.random() < 0.25
     tone_hz, tone_tau, noise_tau = rng.uniform(150, 280), rng.uniform(0.03, 0.08), rng.uniform(0.06, 0.2)
-    band, noise_level = (rng.uniform(800, 2500), rng.uniform(5000, 12000)), rng.uniform(0.5, 1.5)
+    band, noise_level = (rng.uniform(200, 1500), rng.uniform(3000, 9000)), rng.uniform(0.3, 1.2)
 
     def hit():
         t = np.arange(int(6 * noise_tau * sr)) / sr
@@ -893,7 +985,7 @@ def balance_stems(rng, vocals: np.ndarray, accompaniment: np.ndarray, sample_rat
     ratio_db = rng.uniform(-9, 6)
     vocals = vocals * db_to_gain(ratio_db) * rms(accompaniment) / active_rms(vocals, sample_rate)
     peak = np.max(np.abs(vocals + accompaniment))
-    scale = rng.uniform(0.5, PEAK_LIMIT) / peak if peak > 0 else 1.0
+    scale = rng.uniform(0.5, PEAK_LIMIT - 1e-3) / peak if peak > 0 else 1.0  # margin for float32 rounding
     return {"vocals": (vocals * scale).astype(np.float32),
             "accompaniment": (accompaniment * scale).astype(np.float32)}
 
@@ -912,8 +1004,19 @@ def pulse_wave(freq_hz: np.ndarray, sample_rate: int, duty: float) -> np.ndarray
     return _decimate(pulse, sample_rate, factor)
 
 
+def overdrive(x: np.ndarray, drive: float, sample_rate: int) -> np.ndarray:
+    """tanh saturation of x (levelled so its RMS is 1/3), run at >= 96 kHz so its new harmonics do not alias."""
+    factor = max(2, int(np.ceil(96000 / sample_rate)))
+    upsampled = signal.resample_poly(x / (3 * rms(x)), factor, 1, axis=0)
+    return _decimate(np.tanh(drive * upsampled) / np.tanh(drive), sample_rate, factor)
+
+
+def _oversampling_factor(sample_rate: int) -> int:
+    return 4 if sample_rate < 16000 else 2  # at low rates PolyBLEP's residual aliasing reaches the audible band
+
+
 def _oversampled_cycles(freq_hz: np.ndarray, sample_rate: int):
-    factor = 4 if sample_rate < 16000 else 2  # PolyBLEP alone leaves audible aliasing at low rates
+    factor = _oversampling_factor(sample_rate)
     increment = np.repeat(np.asarray(freq_hz, float) / (factor * sample_rate), factor)
     return np.cumsum(increment) - increment, increment, factor
 
@@ -932,7 +1035,7 @@ def _polyblep_saw(cycles: np.ndarray, increment: np.ndarray) -> np.ndarray:
 
 
 def _decimate(x: np.ndarray, sample_rate: int, factor: int) -> np.ndarray:
-    return signal.sosfilt(_decimation_filter(sample_rate, factor), x)[::factor]
+    return signal.sosfilt(_decimation_filter(sample_rate, factor), x, axis=0)[::factor]
 
 
 @functools.lru_cache(maxsize=None)
