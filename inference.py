@@ -13,8 +13,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import soxr
+import tensorflow as tf
 
-from data_pipeline.audio import convert_channels, resample
+from data_pipeline.audio import convert_channels
 from data_pipeline.pipeline import SOURCES
 from models.framing import ChunkPlan
 from training.architectures import ARCHITECTURES
@@ -44,6 +46,23 @@ class Separator:
     def chunk_plan(self, chunk_output_length: int) -> ChunkPlan:
         return ARCHITECTURES[self.arch].chunk_plan(self.config, chunk_output_length)
 
+    def __post_init__(self):
+        # A graph function frees intermediate tensors as it goes: about half the
+        # peak memory of an eager call on long chunks.
+        self._forward = tf.function(lambda mix: self.model(mix, training=False),
+                                    input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32)])
+
+    def separate_window(self, window: np.ndarray) -> dict:
+        """One model call on ``[input_length, 1 or 2]`` -> sources ``[output_length, same channels]``.
+
+        A mono model takes a stereo window as a batch of two mono ones; a stereo
+        model takes a mono window on both channels and its outputs are averaged."""
+        if self.passes(window.shape[1]) == 2:
+            estimates = self._forward(window.T[:, :, None])
+            return {s: keras.ops.convert_to_numpy(e)[:, :, 0].T for s, e in estimates.items()}
+        estimates = self._forward(convert_channels(window, self.channels)[None])
+        return {s: convert_channels(keras.ops.convert_to_numpy(e)[0], window.shape[1]) for s, e in estimates.items()}
+
 
 def load_separator(path) -> Separator:
     """Loads a run directory (its best checkpoint, else the last one)."""
@@ -66,53 +85,112 @@ def load_separator(path) -> Separator:
     return Separator(model, config, run["arch"], str(checkpoint))
 
 
-def separate_array(separator: Separator, mix: np.ndarray, chunk_output_length: int, progress=None) -> dict:
-    """Separates ``mix`` (``[time, separator.channels]`` at the model's rate) chunk by chunk.
+class _Fifo:
+    """Samples waiting to be matched with samples that another path produces later."""
 
-    Returns ``{"vocals", "accompaniment"}`` of the same shape. ``progress``, if
-    given, is called with the number of samples each chunk completes."""
-    plan = separator.chunk_plan(chunk_output_length)
-    length = len(mix)
-    chunks = -(-length // plan.stride)
-    needed = (chunks - 1) * plan.stride + plan.input_length
-    padded = np.pad(mix, [(plan.lead, needed - plan.lead - length), (0, 0)])
-    outputs = {source: np.empty((chunks * plan.stride, mix.shape[1]), np.float32) for source in SOURCES}
-    kept = slice(plan.keep_from, plan.keep_from + plan.stride)
-    for index in range(chunks):
-        start = index * plan.stride
-        estimates = separator.model(padded[start:start + plan.input_length][None], training=False)
-        for source in SOURCES:
-            outputs[source][start:start + plan.stride] = keras.ops.convert_to_numpy(estimates[source])[0, kept]
-        if progress is not None:
-            progress(min(plan.stride, length - start))
-    return {source: audio[:length] for source, audio in outputs.items()}
+    def __init__(self, channels: int):
+        self.data = np.zeros((0, channels), np.float32)
+
+    def push(self, samples: np.ndarray) -> None:
+        self.data = np.concatenate([self.data, samples])
+
+    def pop(self, count: int) -> np.ndarray:
+        taken, self.data = self.data[:count], self.data[count:]
+        return taken
+
+
+class _ChunkRunner:
+    """Model-rate samples in, separated model-rate samples out, one chunk plan at a time.
+
+    Holds only the current chunk's input: the context before the song is silence,
+    and at the end the last chunk is completed with silence."""
+
+    def __init__(self, separator: Separator, plan: ChunkPlan, channels: int, progress=None):
+        self.separator, self.plan, self.progress = separator, plan, progress
+        self.buffer = np.zeros((plan.lead, channels), np.float32)
+        self.received = self.emitted = 0
+
+    def _run_chunk(self) -> dict:
+        window = self.buffer[:self.plan.input_length]
+        kept = slice(self.plan.keep_from, self.plan.keep_from + self.plan.stride)
+        estimates = self.separator.separate_window(window)
+        self.buffer = self.buffer[self.plan.stride:]
+        done = min(self.plan.stride, self.received - self.emitted)
+        self.emitted += done
+        if self.progress is not None:
+            self.progress(done)
+        return {source: estimate[kept][:done] for source, estimate in estimates.items()}
+
+    def push(self, samples: np.ndarray, last: bool = False) -> dict:
+        self.buffer = np.concatenate([self.buffer, samples])
+        self.received += len(samples)
+        pieces = []
+        while len(self.buffer) >= self.plan.input_length:
+            pieces.append(self._run_chunk())
+        while last and self.emitted < self.received:
+            shortfall = self.plan.input_length - len(self.buffer)
+            self.buffer = np.pad(self.buffer, [(0, max(0, shortfall)), (0, 0)])
+            pieces.append(self._run_chunk())
+        channels = self.buffer.shape[1]
+        return {source: np.concatenate([p[source] for p in pieces]) if pieces else np.zeros((0, channels), np.float32)
+                for source in SOURCES}
+
+
+class SongSeparation:
+    """Separates one song fed block by block at its own rate and channel count.
+
+    ``push`` returns whatever separated audio is ready, at the input's rate, the
+    same for both sources; memory holds about one chunk, whatever the song's
+    length. The song is resampled to the model's rate (soxr streams, identical to
+    one-shot resampling) and the sources back. What a lower-rate model cannot
+    hear, the band above its Nyquist frequency, goes to the accompaniment, so the
+    outputs keep the input's full bandwidth."""
+
+    def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
+                 progress=None):
+        model_rate = separator.sample_rate
+        plan = separator.chunk_plan(max(1, int(chunk_seconds * model_rate)))
+        self.runner = _ChunkRunner(separator, plan, channels, progress)
+        self.resampled = sample_rate != model_rate
+
+        def stream(from_rate, to_rate):
+            return soxr.ResampleStream(from_rate, to_rate, channels, dtype="float32", quality="HQ")
+
+        if self.resampled:
+            self.to_model = stream(sample_rate, model_rate)
+            self.to_input = {source: stream(model_rate, sample_rate) for source in SOURCES}
+        self.keeps_high_band = sample_rate > model_rate
+        if self.keeps_high_band:
+            self.heard = stream(model_rate, sample_rate)  # the input as the model hears it, back at its rate
+            self.unheard_input = _Fifo(channels)  # input waiting for its heard version
+            self.high_band = _Fifo(channels)  # input minus heard, waiting for the accompaniment
+
+    def push(self, block: np.ndarray, last: bool = False) -> dict:
+        block = np.asarray(block, np.float32)
+        model_input = self.to_model.resample_chunk(block, last=last) if self.resampled else block
+        if self.keeps_high_band:
+            self.unheard_input.push(block)
+            heard = self.heard.resample_chunk(model_input, last=last)
+            original = self.unheard_input.pop(len(heard))  # at the very end heard may be a sample longer
+            self.high_band.push(original - heard[:len(original)])
+        estimates = self.runner.push(model_input, last=last)
+        if self.resampled:
+            estimates = {s: self.to_input[s].resample_chunk(e, last=last) for s, e in estimates.items()}
+        if self.keeps_high_band:
+            high_band = self.high_band.pop(len(estimates["accompaniment"]))
+            length = len(high_band)  # the two paths may differ by a sample at the very end
+            estimates = {s: e[:length] for s, e in estimates.items()}
+            estimates["accompaniment"] = estimates["accompaniment"] + high_band
+        return estimates
 
 
 def separate_song(separator: Separator, audio: np.ndarray, sample_rate: int, chunk_seconds: float = 30.0,
                   progress=None) -> dict:
-    """Separates a song at its own rate and channel count (mono or stereo) and
-    returns sources of exactly the input's shape, at the input's rate.
-
-    A mono model separates each channel of a stereo song on its own, keeping the
-    stereo image; a stereo model gets a mono song on both channels and returns
-    the average of the two outputs. What a lower-rate model cannot hear (the band
-    above its Nyquist frequency) is not thrown away: it goes to the accompaniment,
-    so the output keeps the input's full bandwidth."""
-    model_input = resample(audio, sample_rate, separator.sample_rate)
-    chunk = max(1, int(chunk_seconds * separator.sample_rate))
-    if separator.passes(audio.shape[1]) == 2:
-        per_channel = [separate_array(separator, model_input[:, [c]], chunk, progress) for c in range(2)]
-        estimates = {s: np.concatenate([p[s] for p in per_channel], axis=1) for s in SOURCES}
-    else:
-        estimates = separate_array(separator, convert_channels(model_input, separator.channels), chunk, progress)
-        estimates = {s: convert_channels(e, audio.shape[1]) for s, e in estimates.items()}
-    estimates = {s: _back_to_input_rate(e, separator.sample_rate, sample_rate, len(audio)) for s, e in estimates.items()}
-    if sample_rate > separator.sample_rate:
-        heard = _back_to_input_rate(model_input, separator.sample_rate, sample_rate, len(audio))
-        estimates["accompaniment"] = estimates["accompaniment"] + (audio - heard)
-    return estimates
+    """Separates a whole song held in memory; sources have exactly the input's shape."""
+    estimates = SongSeparation(separator, sample_rate, audio.shape[1], chunk_seconds, progress).push(audio, last=True)
+    return {s: fit_length(e, len(audio)) for s, e in estimates.items()}
 
 
-def _back_to_input_rate(signal: np.ndarray, model_rate: int, sample_rate: int, length: int) -> np.ndarray:
-    signal = resample(signal, model_rate, sample_rate)[:length]
-    return np.pad(signal, [(0, length - len(signal)), (0, 0)])
+def fit_length(signal: np.ndarray, length: int) -> np.ndarray:
+    """Cuts or zero-pads to ``length`` samples (resampling may round by a sample)."""
+    return np.pad(signal[:length], [(0, max(0, length - len(signal))), (0, 0)])

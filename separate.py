@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_pipeline.audio import AudioError, load_audio, write_wav  # noqa: E402
-from inference import load_separator, separate_song  # noqa: E402
+from data_pipeline.audio import AudioError, WavWriter, open_audio, read_blocks  # noqa: E402
+from data_pipeline.pipeline import SOURCES  # noqa: E402
+from inference import SongSeparation, fit_length, load_separator  # noqa: E402
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "waveunet-synthetic"
 
@@ -41,15 +44,28 @@ def device_description() -> str:
 
 
 def separate_file(separator, path: Path, out: Path, chunk_seconds: float) -> Path:
-    audio, sample_rate = load_audio(path)
+    """Streams ``path`` through the separator into ``out/<stem>/{vocals,accompaniment}.wav``;
+    memory holds about one chunk, whatever the song's length."""
+    info = open_audio(path)
     destination = out / path.stem
-    seconds = len(audio) / sample_rate
-    with tqdm(total=round(seconds * separator.passes(audio.shape[1]), 1), desc=path.name, unit="s audio",
-              leave=False) as bar:
-        sources = separate_song(separator, audio, sample_rate, chunk_seconds,
-                                progress=lambda samples: bar.update(samples / separator.sample_rate))
-    for name, estimate in sources.items():
-        write_wav(destination / f"{name}.wav", estimate, sample_rate)
+    written = 0
+    with tqdm(total=round(info.frames / info.sample_rate, 1), desc=path.name, unit="s audio", leave=False) as bar, \
+            ExitStack() as files:
+        separation = SongSeparation(separator, info.sample_rate, info.channels, chunk_seconds,
+                                    progress=lambda samples: bar.update(samples / separator.sample_rate))
+        writers = {source: files.enter_context(WavWriter(destination / f"{source}.wav", info.sample_rate,
+                                                         info.channels)) for source in SOURCES}
+
+        def write(estimates, length):
+            for source, writer in writers.items():
+                writer.write(fit_length(estimates[source], length))
+
+        for block in read_blocks(path, max(1, int(chunk_seconds * info.sample_rate))):
+            estimates = separation.push(block)
+            ready = min(len(estimates["vocals"]), info.frames - written)
+            write(estimates, ready)
+            written += ready
+        write(separation.push(np.zeros((0, info.channels), np.float32), last=True), info.frames - written)
     return destination
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -156,7 +157,10 @@ def make_callbacks(run_dir: Path, run: dict, model, valid, crop: CropSpec, sampl
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
         ValidationExamples(run_dir / "logs", mix, targets, crop, sample_rate),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=True, update_freq=50),
+        # Keras only records when the step is a multiple of update_freq, epoch summaries
+        # included, so it must divide the validation interval.
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=True,
+                                    update_freq=math.gcd(training["validate_every"], 50)),
         keras.callbacks.ModelCheckpoint(str(checkpoints / "best.keras"), monitor="val_loss", save_best_only=True),
         keras.callbacks.ModelCheckpoint(str(checkpoints / "last.keras")),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"]),

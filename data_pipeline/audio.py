@@ -93,17 +93,38 @@ def _check_not_truncated_wav(path: Path) -> None:
         raise AudioError(path, f"truncated: header announces {sizes[0]} data bytes, file holds {sizes[1]}")
 
 
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+def open_audio(path) -> AudioInfo:
+    """Checks a soundfile-readable file before decoding: it exists, has a known
+    format, a usable channel count and, for WAV, all the data its header announces."""
+    path = Path(path)
     info = audio_info(path)
     if info.format == "WAV":
         _check_not_truncated_wav(path)
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(path, f"has {info.channels} channels; only mono and stereo are supported")
+    return info
+
+
+def read_blocks(path, block_frames: int):
+    """Yields float32 ``[block_frames, channels]`` blocks of a soundfile-readable file
+    (the last may be shorter), checking each for NaN/inf and the total against the header."""
+    path = Path(path)
+    info = open_audio(path)
+    decoded = 0
     try:
-        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        for block in sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True):
+            validate_audio(block, path)
+            decoded += len(block)
+            yield block
     except (sf.LibsndfileError, RuntimeError) as error:
         raise AudioError(path, f"could not decode audio ({error})") from None
-    if len(audio) < info.frames:
-        raise AudioError(path, f"truncated: header announces {info.frames} frames, only {len(audio)} decoded")
-    return audio, sample_rate
+    if decoded < info.frames:
+        raise AudioError(path, f"truncated: header announces {info.frames} frames, only {decoded} decoded")
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    blocks = list(read_blocks(path, block_frames=1 << 20))
+    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0], audio_info(path).sample_rate
 
 
 def _read_stem_stream(path: Path, stream: int) -> tuple[np.ndarray, int]:
@@ -163,24 +184,39 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def write_wav(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
-    """Writes ``[time, channels]`` audio atomically (a reader never sees half a file).
+class WavWriter:
+    """Writes a WAV file block by block, atomically: the file appears under its
+    name only when complete; on an exception the partial file is removed.
 
-    PCM_16 clips to [-1, 1]; pass ``subtype="FLOAT"`` to keep values beyond it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    audio = np.asarray(audio, dtype=np.float32)
-    if subtype.startswith("PCM"):
-        audio = np.clip(audio, -1.0, 1.0)
-    descriptor, temporary = tempfile.mkstemp(suffix=".wav", dir=path.parent, prefix=f".{path.stem}.")
-    os.close(descriptor)
-    try:
-        sf.write(temporary, audio, sample_rate, subtype=subtype, format="WAV")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    PCM_16 clips to [-1, 1]; ``subtype="FLOAT"`` keeps values beyond it."""
+
+    def __init__(self, path, sample_rate: int, channels: int, subtype: str = "PCM_16"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, self.temporary = tempfile.mkstemp(suffix=".wav", dir=self.path.parent, prefix=f".{self.path.stem}.")
+        os.close(descriptor)
+        self.clip = subtype.startswith("PCM")
+        self.file = sf.SoundFile(self.temporary, "w", sample_rate, channels, subtype=subtype, format="WAV")
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        self.file.write(np.clip(block, -1.0, 1.0) if self.clip else block)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        self.file.close()
+        if error_type is None:
+            os.replace(self.temporary, self.path)
+        else:
+            os.unlink(self.temporary)
+
+
+def write_wav(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+    """Writes ``[time, channels]`` audio atomically (see ``WavWriter``)."""
+    with WavWriter(path, sample_rate, np.shape(audio)[1], subtype) as writer:
+        writer.write(audio)
 
 
 # --- inside tf.data ---------------------------------------------------------

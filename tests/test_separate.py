@@ -8,7 +8,7 @@ import soundfile as sf
 
 import separate
 from data_pipeline.audio import load_audio
-from inference import load_separator, separate_array, separate_song
+from inference import SongSeparation, load_separator, separate_song
 from models.waveunet import WaveUNetConfig, build_waveunet
 
 TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference", channels=2,
@@ -33,13 +33,26 @@ def test_chunked_separation_equals_one_pass(tmp_path, context):
     config = WaveUNetConfig(**{**TINY.to_dict(), "context": context})
     separator = load_separator(make_run_dir(tmp_path / "run", config))
     mix = np.random.default_rng(0).uniform(-0.5, 0.5, (5000, 2)).astype(np.float32)
-    one_pass = separate_array(separator, mix, chunk_output_length=5000)
+    one_pass = separate_song(separator, mix, 8000, chunk_seconds=5000 / 8000)
     chunks = []
-    chunked = separate_array(separator, mix, chunk_output_length=700, progress=chunks.append)
+    chunked = separate_song(separator, mix, 8000, chunk_seconds=700 / 8000, progress=chunks.append)
     assert sum(chunks) == 5000 and len(chunks) > 5
     for source in one_pass:
         assert chunked[source].shape == (5000, 2)
         np.testing.assert_allclose(chunked[source], one_pass[source], atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_block_by_block_streaming_equals_the_whole_song(run_dir, rate):
+    separator = load_separator(run_dir)
+    song = np.random.default_rng(2).uniform(-0.5, 0.5, (rate, 2)).astype(np.float32)
+    whole = separate_song(separator, song, rate, chunk_seconds=0.1)
+    separation = SongSeparation(separator, rate, 2, chunk_seconds=0.1)
+    cuts = [0, 1, 999, 5000, 5001, rate]
+    pieces = [separation.push(song[a:b]) for a, b in zip(cuts, cuts[1:])] + [separation.push(song[:0], last=True)]
+    for source in whole:
+        streamed = np.concatenate([p[source] for p in pieces])[:rate]
+        np.testing.assert_allclose(streamed, whole[source], atol=1e-5)
 
 
 def test_mono_model_separates_each_channel_of_a_stereo_song(tmp_path):

@@ -45,9 +45,22 @@ def test_training_lowers_the_loss_and_fills_the_run_directory(tmp_path):
     best = keras.saving.load_model(run_dir / "checkpoints" / "best.keras")
     mix = np.random.default_rng(0).uniform(-0.1, 0.1, (1, model.input_shape[1] or 10000, 2)).astype(np.float32)
     np.testing.assert_allclose(best.predict(mix, verbose=0)["vocals"], best(mix)["vocals"].numpy(), atol=1e-6)
-    events = {path.parent.name for path in (run_dir / "logs").rglob("events.out.tfevents*")}
-    assert {"train", "validation", "validation_examples"} <= events
     assert "val_sdr_vocals" in history.history
+    train_tags, examples = logged_tags(run_dir / "logs" / "train"), logged_tags(run_dir / "logs" / "validation_examples")
+    assert {"epoch_loss", "epoch_learning_rate", "keras"} <= set(train_tags["tensors"])
+    assert {"sdr/vocals", "sdr_mixture_baseline/vocals", "sdr/accompaniment", "reference_vocals/example_0",
+            "estimate_vocals/example_0", "estimate_vocals_spectrogram/example_0", "mixture/example_0"} <= set(
+        examples["tensors"])
+    assert examples["graph"]
+    assert "epoch_sdr_vocals" in logged_tags(run_dir / "logs" / "validation")["tensors"]
+
+
+def logged_tags(log_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return accumulator.Tags()
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

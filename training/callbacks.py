@@ -1,6 +1,6 @@
-"""TensorBoard logging beyond Keras' own: validation SDR on fixed excerpts (with
-the mixture-as-estimate baseline beside it), the learning rate, and audio
-examples with their spectrograms."""
+"""TensorBoard logging beyond Keras' own (losses, learning rate, layer graph):
+validation SDR on fixed excerpts with the mixture-as-estimate baseline beside
+it, audio examples with their spectrograms, and the forward pass's op graph."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +27,7 @@ def spectrogram_image(audio: np.ndarray) -> np.ndarray:
 
 class ValidationExamples(keras.callbacks.Callback):
     """At each validation: SDR of the model and of the mixture on fixed excerpts,
-    the learning rate, and (for the first ``audio_examples``) audio and spectrograms."""
+    and (for the first ``audio_examples``) audio and spectrograms."""
 
     def __init__(self, log_dir, mix: np.ndarray, targets: dict, crop: CropSpec, sample_rate: int,
                  audio_examples: int = 2):
@@ -44,10 +44,16 @@ class ValidationExamples(keras.callbacks.Callback):
             tf.summary.audio(f"{name}/example_{index}", clip[None], self.sample_rate, step=step)
             tf.summary.image(f"{name}_spectrogram/example_{index}", spectrogram_image(clip), step=step)
 
+    def _log_forward_graph(self):
+        # Keras 3 logs only the conceptual (layer) graph; this adds the op graph of the forward pass.
+        forward = tf.function(lambda mix: self.model(mix, training=False))
+        tf.summary.graph(forward.get_concrete_function(tf.TensorSpec([None, *self.mix.shape[1:]], tf.float32)).graph)
+
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         estimates = self.model.predict(self.mix, batch_size=4, verbose=0)
-        with self.writer.as_default():
+        # record_if(True): Keras' TensorBoard callback leaves a step filter active during fit.
+        with self.writer.as_default(), tf.summary.record_if(True):
             for source in SOURCES:
                 sdr = signal_to_distortion(self.targets[source], estimates[source])
                 baseline = signal_to_distortion(self.targets[source], self.mix_centre)
@@ -56,9 +62,8 @@ class ValidationExamples(keras.callbacks.Callback):
                 if logs is not None:
                     logs[f"val_sdr_{source}"] = sdr
                 self._log_audio(f"estimate_{source}", estimates[source], step)
-            tf.summary.scalar("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-                              step=step)
             if not self.references_logged:
+                self._log_forward_graph()
                 self._log_audio("mixture", self.mix_centre, step)
                 for source in SOURCES:
                     self._log_audio(f"reference_{source}", self.targets[source], step)
