@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_pipeline.audio import AudioError, WavWriter, open_audio, read_blocks  # noqa: E402
+from data_pipeline.audio import SUPPORTED_EXTENSIONS, AudioError, WavWriter, open_audio, read_blocks  # noqa: E402
 from data_pipeline.pipeline import SOURCES  # noqa: E402
 from inference import SongSeparation, fit_length, load_separator  # noqa: E402
 
@@ -30,7 +30,8 @@ PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "waveunet-syntheti
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files (WAV/FLAC/MP3/OGG)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="audio files (WAV/FLAC/MP3/OGG), or folders: every such file inside them")
     parser.add_argument("--model", help=f"run directory of a trained model (default: the shipped {PRETRAINED.name})")
     parser.add_argument("--out", default="separated", help="output folder (default: separated/)")
     parser.add_argument("--chunk-seconds", type=float, default=30.0,
@@ -41,6 +42,18 @@ def parse_args(argv=None):
 def device_description() -> str:
     gpus = tf.config.list_logical_devices("GPU")
     return f"GPU ({', '.join(g.name for g in gpus)})" if gpus else f"CPU ({os.cpu_count()} cores)"
+
+
+def expand_inputs(names: list[str]) -> list[Path]:
+    """Files as given; folders replaced by the audio files inside them (recursively, sorted)."""
+    paths = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS))
+        else:
+            paths.append(path)
+    return paths
 
 
 def separate_file(separator, path: Path, out: Path, chunk_seconds: float) -> Path:
@@ -84,8 +97,7 @@ def main(argv=None) -> int:
     if separator.channels == 1:
         print("Mono model: each channel of a stereo input is separated on its own")
     failures = 0
-    for name in args.inputs:
-        path = Path(name)
+    for path in expand_inputs(args.inputs):
         try:
             destination = separate_file(separator, path, Path(args.out), args.chunk_seconds)
             print(f"{path} -> {destination}/vocals.wav, accompaniment.wav")

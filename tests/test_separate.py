@@ -99,3 +99,13 @@ def test_model_that_does_not_match_its_config_is_a_clear_error(run_dir, tmp_path
     (other / "config.json").write_text(json.dumps({"arch": "waveunet", "model": bigger.to_dict()}))
     assert separate.main([str(tmp_path / "x.wav"), "--model", str(other)]) == 2
     assert "does not match the model described by" in capsys.readouterr().err
+
+
+def test_a_folder_input_separates_every_audio_file_inside(run_dir, tmp_path):
+    album = tmp_path / "album"
+    (album / "disc 2").mkdir(parents=True)
+    sf.write(album / "one.wav", np.zeros((2000, 2)), 8000)
+    sf.write(album / "disc 2" / "two.ogg", np.zeros((2000, 1)), 8000)
+    (album / "cover.jpg").write_bytes(b"not audio, not an input")
+    assert separate.main([str(album), "--model", str(run_dir), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.parent.name for p in (tmp_path / "out").rglob("vocals.wav")) == ["one", "two"]
