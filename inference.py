@@ -49,8 +49,11 @@ class Separator:
     def __post_init__(self):
         # A graph function frees intermediate tensors as it goes: about half the
         # peak memory of an eager call on long chunks.
-        self._forward = tf.function(lambda mix: self.model(mix, training=False),
-                                    input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32)])
+        def forward(mix):
+            estimates = self.model(mix, training=False)
+            return {source: tf.cast(estimate, tf.float32) for source, estimate in estimates.items()}
+
+        self._forward = tf.function(forward, input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32)])
 
     def separate_window(self, window: np.ndarray) -> dict:
         """One model call on ``[input_length, 1 or 2]`` -> sources ``[output_length, same channels]``.
@@ -64,8 +67,15 @@ class Separator:
         return {s: convert_channels(keras.ops.convert_to_numpy(e)[0], window.shape[1]) for s, e in estimates.items()}
 
 
-def load_separator(path) -> Separator:
-    """Loads a run directory (its best checkpoint, else the last one)."""
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+def load_separator(path, precision: str = "float32") -> Separator:
+    """Loads a run directory (its best checkpoint, else the last one).
+
+    ``precision="bfloat16"`` computes in bfloat16 with float32 weights (Keras'
+    mixed_bfloat16 policy): faster on CPUs with AVX512-BF16/AMX and on GPUs, at
+    bfloat16's ~3 significant digits."""
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -77,7 +87,12 @@ def load_separator(path) -> Separator:
     checkpoint = next((c for c in checkpoints if c.is_file()), None)
     if checkpoint is None:
         raise FileNotFoundError(f"{path}: no checkpoints/best.keras or last.keras yet")
-    model = architecture.build(config)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        model = architecture.build(config)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     try:
         model.load_weights(checkpoint)
     except ValueError as error:

@@ -5,7 +5,8 @@
 For the default preset and M4/M5/M5-HighSR-sized Wave-U-Nets (random weights:
 speed does not depend on them) on a 30 s stereo 44.1 kHz clip it prints:
   - x realtime: seconds of audio separated per wall-clock second;
-  - achieved FLOP/s as a percentage of this machine's measured float32 matmul FLOP/s;
+  - achieved FLOP/s as a percentage of this machine's measured float32 matmul FLOP/s
+    (in float32 and in bfloat16, which AVX512-BF16 CPUs run faster);
   - context overhead: input samples computed per output sample, for our chunking
     against f90's (which runs the network on its 147443 -> 16389 training frame).
 Then the peak RSS of separate.py separating a 10-minute stereo file.
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inference import Separator, separate_song  # noqa: E402
+from inference import PRECISIONS, Separator, separate_song  # noqa: E402
 from models.waveunet import CONFIGS, build_waveunet, chunk_plan, input_length_for  # noqa: E402
 
 CLIP_RATE = 44100
@@ -58,10 +59,19 @@ def model_flops(model: keras.Model) -> float:
     return float(total)
 
 
-def measure(name: str, clip: np.ndarray, chunk_seconds: float, peak: float) -> dict:
+def random_separator(name: str, precision: str) -> Separator:
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        return Separator(build_waveunet(CONFIGS[name]), CONFIGS[name], "waveunet", f"{name} (random weights)")
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def measure(name: str, precision: str, clip: np.ndarray, chunk_seconds: float, peak: float) -> dict:
     config = CONFIGS[name]
     plan = chunk_plan(config, int(chunk_seconds * config.sample_rate))
-    separator = Separator(build_waveunet(config), config, "waveunet", f"{name} (random weights)")
+    separator = random_separator(name, precision)
     separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)  # warm-up: traces the graph
     start = time.perf_counter()
     separate_song(separator, clip, CLIP_RATE, chunk_seconds)
@@ -69,7 +79,7 @@ def measure(name: str, clip: np.ndarray, chunk_seconds: float, peak: float) -> d
     chunks = -(-int(len(clip) / CLIP_RATE * config.sample_rate) // plan.stride)
     flops = model_flops(build_waveunet(config, plan.input_length)) * chunks * separator.passes(clip.shape[1])
     f90_input, f90_output = input_length_for(config, config.num_frames)
-    return {"config": name, "rate": config.sample_rate, "realtime": len(clip) / CLIP_RATE / seconds,
+    return {"config": name, "precision": precision, "rate": config.sample_rate, "realtime": len(clip) / CLIP_RATE / seconds,
             "flops_percent": 100 * flops / seconds / peak, "overhead": plan.overhead,
             "f90_overhead": f90_input / f90_output, "seconds": seconds}
 
@@ -100,6 +110,7 @@ def save_random_run(name: str, folder: Path) -> Path:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["small", "M4", "M5", "M5-HighSR"])
+    parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=["float32", "bfloat16"])
     parser.add_argument("--chunk-seconds", type=float, default=30.0, help="separate.py's default")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="length of the memory test file")
     parser.add_argument("--model", help="run directory for the memory test (default: the shipped pretrained "
@@ -110,12 +121,13 @@ def main():
     peak = matmul_flops_per_second()
     print(f"Machine: {os.cpu_count()} CPU cores, float32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
           f"clip: 30 s stereo at {CLIP_RATE} Hz; chunks of {args.chunk_seconds:g} s")
-    print(f"{'model':10s} {'rate':>6s} {'x realtime':>11s} {'% peak FLOP/s':>14s} {'context overhead':>17s} "
-          f"{'f90 framing':>12s}")
+    print(f"{'model':10s} {'precision':9s} {'rate':>6s} {'x realtime':>11s} {'% fp32 peak':>12s} "
+          f"{'context overhead':>17s} {'f90 framing':>12s}")
     for name in args.configs:
-        row = measure(name, clip, args.chunk_seconds, peak)
-        print(f"{row['config']:10s} {row['rate']:6d} {row['realtime']:10.1f}x {row['flops_percent']:13.1f}% "
-              f"{row['overhead']:16.2f}x {row['f90_overhead']:11.2f}x")
+        for precision in args.precisions:
+            row = measure(name, precision, clip, args.chunk_seconds, peak)
+            print(f"{row['config']:10s} {precision:9s} {row['rate']:6d} {row['realtime']:10.1f}x "
+                  f"{row['flops_percent']:11.1f}% {row['overhead']:16.2f}x {row['f90_overhead']:11.2f}x")
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -109,3 +109,13 @@ def test_a_folder_input_separates_every_audio_file_inside(run_dir, tmp_path):
     (album / "cover.jpg").write_bytes(b"not audio, not an input")
     assert separate.main([str(album), "--model", str(run_dir), "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.parent.name for p in (tmp_path / "out").rglob("vocals.wav")) == ["one", "two"]
+
+
+def test_bfloat16_precision_stays_close_to_float32(run_dir):
+    song = np.random.default_rng(3).uniform(-0.5, 0.5, (4000, 2)).astype(np.float32)
+    exact = separate_song(load_separator(run_dir), song, 8000)
+    fast = separate_song(load_separator(run_dir, precision="bfloat16"), song, 8000)
+    for source in exact:
+        assert fast[source].dtype == np.float32
+        np.testing.assert_allclose(fast[source], exact[source], atol=0.02)
+        assert not np.array_equal(fast[source], exact[source])  # it did compute in bfloat16
