@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_pipeline.datasets import DATASETS, SPLITS, DatasetError, SyntheticOptions, get_tracks, load_track, \
+from data_pipeline.datasets import DATASETS, SPLITS, SyntheticOptions, get_tracks, load_track, \
     native_sample_rate  # noqa: E402
 from data_pipeline.pipeline import SOURCES  # noqa: E402
 from inference import load_separator, separate_song  # noqa: E402

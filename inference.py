@@ -31,6 +31,15 @@ class Separator:
     arch: str
     source: str  # where it was loaded from, for messages
 
+    def __post_init__(self):
+        # A graph function frees intermediate tensors as it goes: about half the
+        # peak memory of an eager call on long chunks.
+        def forward(mix):
+            estimates = self.model(mix, training=False)
+            return {source: tf.cast(estimate, tf.float32) for source, estimate in estimates.items()}
+
+        self._forward = tf.function(forward, input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32)])
+
     @property
     def sample_rate(self) -> int:
         return self.config.sample_rate
@@ -45,15 +54,6 @@ class Separator:
 
     def chunk_plan(self, chunk_output_length: int) -> ChunkPlan:
         return ARCHITECTURES[self.arch].chunk_plan(self.config, chunk_output_length)
-
-    def __post_init__(self):
-        # A graph function frees intermediate tensors as it goes: about half the
-        # peak memory of an eager call on long chunks.
-        def forward(mix):
-            estimates = self.model(mix, training=False)
-            return {source: tf.cast(estimate, tf.float32) for source, estimate in estimates.items()}
-
-        self._forward = tf.function(forward, input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32)])
 
     def separate_window(self, window: np.ndarray) -> dict:
         """One model call on ``[input_length, 1 or 2]`` -> sources ``[output_length, same channels]``.
