@@ -70,33 +70,44 @@ class Separator:
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
+def read_run_config(run_dir) -> dict:
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
+    return json.loads(config_path.read_text())
+
+
+def load_checkpoint_weights(model: keras.Model, run_dir) -> Path:
+    """Loads a run directory's best checkpoint (else its last) into ``model``; returns its path."""
+    run_dir = Path(run_dir)
+    checkpoints = [run_dir / "checkpoints" / name for name in ("best.keras", "last.keras")]
+    checkpoint = next((c for c in checkpoints if c.is_file()), None)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoints/best.keras or last.keras yet")
+    try:
+        model.load_weights(checkpoint)
+    except ValueError as error:
+        raise ValueError(f"{checkpoint} does not match the model described by {run_dir / 'config.json'}: "
+                         f"{error}") from None
+    return checkpoint
+
+
 def load_separator(path, precision: str = "float32") -> Separator:
     """Loads a run directory (its best checkpoint, else the last one).
 
     ``precision="bfloat16"`` computes in bfloat16 with float32 weights (Keras'
     mixed_bfloat16 policy): faster on CPUs with AVX512-BF16/AMX and on GPUs, at
     bfloat16's ~3 significant digits."""
-    path = Path(path)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{path}: not a run directory (no config.json)")
-    run = json.loads(config_path.read_text())
+    run = read_run_config(path)
     architecture = ARCHITECTURES[run["arch"]]
     config = architecture.config_from_dict(run["model"])
-    checkpoints = [path / "checkpoints" / name for name in ("best.keras", "last.keras")]
-    checkpoint = next((c for c in checkpoints if c.is_file()), None)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{path}: no checkpoints/best.keras or last.keras yet")
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISIONS[precision])
     try:
         model = architecture.build(config)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    try:
-        model.load_weights(checkpoint)
-    except ValueError as error:
-        raise ValueError(f"{checkpoint} does not match the model described by {config_path}: {error}") from None
+    checkpoint = load_checkpoint_weights(model, path)
     return Separator(model, config, run["arch"], str(checkpoint))
 
 

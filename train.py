@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, get_tracks  # noqa: E402
 from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset  # noqa: E402
+from inference import load_checkpoint_weights, read_run_config  # noqa: E402
 from training.architectures import ARCHITECTURES  # noqa: E402
 from training.callbacks import ValidationExamples  # noqa: E402
 from training.strategy import choose_strategy, describe  # noqa: E402
@@ -47,6 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--run-dir", help="where config, checkpoints and logs go (default: runs/<arch>-<config>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last backup; "
                                                             "settings come from RUN_DIR/config.json")
+    parser.add_argument("--init-from", metavar="RUN_DIR", help="start from the weights of another run's best "
+                                                               "checkpoint (fine-tuning); its model config is used")
     parser.add_argument("--steps", type=int, help="total optimizer steps")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float, help="Adam learning rate (f90: 1e-4)")
@@ -64,33 +67,41 @@ def resolve_run(args) -> tuple[Path, dict]:
     """The run directory and its configuration: read back on --resume, else built from flags."""
     if args.resume:
         run_dir = Path(args.resume)
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            sys.exit(f"error: {run_dir} is not a run directory (no config.json)")
-        run = json.loads(config_path.read_text())
+        try:
+            run = read_run_config(run_dir)
+        except FileNotFoundError as error:
+            sys.exit(f"error: {error}")
         if args.steps:  # the one setting a resumed run may change: how long it goes on
             run["training"]["steps"] = args.steps
         return run_dir, run
 
     architecture = ARCHITECTURES[args.arch]
     config_name = args.config or architecture.default_config
-    if config_name not in architecture.configs:
+    if args.init_from:
+        try:
+            source = read_run_config(args.init_from)
+        except FileNotFoundError as error:
+            sys.exit(f"error: --init-from {error}")
+        arch, config_name, model = source["arch"], source["config_name"], source["model"]
+    elif config_name not in architecture.configs:
         sys.exit(f"error: unknown --config {config_name!r} for {args.arch}; choose one of "
                  f"{', '.join(architecture.configs)}")
-    training = {**TRAINING_DEFAULTS, **TRAINING_PRESETS.get(config_name, {})}
+    else:
+        arch, model = args.arch, architecture.configs[config_name].to_dict()
+    training = {**TRAINING_DEFAULTS, **TRAINING_PRESETS.get(config_name, {}), "init_from": args.init_from}
     for key in ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed"):
         if getattr(args, key) is not None:
             training[key] = getattr(args, key)
     training["cache"] = not args.no_cache
     run = {
-        "arch": args.arch,
+        "arch": arch,
         "config_name": config_name,
-        "model": architecture.configs[config_name].to_dict(),
+        "model": model,
         "data": {"dataset": args.dataset, "data_root": args.data_root, "cache_dir": args.cache_dir,
                  "synthetic_songs": {"train": args.synthetic_songs, "valid": 10, "test": 10}},
         "training": training,
     }
-    run_dir = Path(args.run_dir or f"runs/{args.arch}-{config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(args.run_dir or f"runs/{arch}-{config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(run, indent=2))
     return run_dir, run
@@ -144,6 +155,8 @@ def build_model(run: dict, strategy):
     model_config = architecture.config_from_dict(run["model"])
     with strategy.scope():
         model = architecture.build(model_config)
+        if run["training"].get("init_from"):
+            print(f"Starting from {load_checkpoint_weights(model, run['training']['init_from'])}")
         model.compile(optimizer=keras.optimizers.Adam(run["training"]["learning_rate"]),
                       loss={source: "mse" for source in SOURCES})
     return model, model_config

@@ -18,7 +18,8 @@ TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_
 def make_run_dir(path, config=TINY):
     """A run directory holding an untrained (random) model: enough to test the plumbing."""
     (path / "checkpoints").mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"arch": "waveunet", "model": config.to_dict()}))
+    run = {"arch": "waveunet", "config_name": "tiny", "model": config.to_dict()}
+    (path / "config.json").write_text(json.dumps(run))
     build_waveunet(config).save(path / "checkpoints" / "last.keras")
     return path
 

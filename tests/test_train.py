@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import train
+from inference import load_separator
 from models.waveunet import WaveUNetConfig
+from tests.test_separate import TINY, make_run_dir
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TINY_MODEL = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference",
@@ -119,3 +121,16 @@ def test_training_under_a_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy with 2 replica(s)" in result.stdout
     assert "replicas 2 steps 6" in result.stdout
+
+
+def test_init_from_starts_with_another_runs_weights_and_architecture(tmp_path):
+
+    source = make_run_dir(tmp_path / "source")
+    run_dir, run = train.resolve_run(train.parse_args(["--init-from", str(source), "--run-dir", str(tmp_path / "new"),
+                                                       "--learning-rate", "1e-5"]))
+    assert run["model"] == TINY.to_dict() and run["training"]["learning_rate"] == 1e-5
+    model, _ = train.build_model(run, train.choose_strategy())
+    for started, trained in zip(model.weights, load_separator(source).model.weights):
+        np.testing.assert_array_equal(started.numpy(), trained.numpy())
+    with pytest.raises(SystemExit, match="not a run directory"):
+        train.resolve_run(train.parse_args(["--init-from", str(tmp_path), "--run-dir", str(tmp_path / "x")]))
