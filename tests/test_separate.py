@@ -120,3 +120,11 @@ def test_bfloat16_precision_stays_close_to_float32(run_dir):
         assert fast[source].dtype == np.float32
         np.testing.assert_allclose(fast[source], exact[source], atol=0.02)
         assert not np.array_equal(fast[source], exact[source])  # it did compute in bfloat16
+
+
+def test_without_model_the_shipped_pretrained_model_is_used(tmp_path, capsys):
+    song = tmp_path / "clip.wav"
+    sf.write(song, np.random.default_rng(4).uniform(-0.3, 0.3, (44100, 2)), 44100)
+    assert separate.main([str(song), "--out", str(tmp_path / "out")]) == 0
+    assert "using the shipped pretrained model" in capsys.readouterr().out
+    assert sf.info(tmp_path / "out" / "clip" / "vocals.wav").frames == 44100
