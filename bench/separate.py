@@ -91,11 +91,13 @@ def peak_rss_of_long_separation(minutes: float, model_dir: Path, scratch: Path) 
         rng = np.random.default_rng(0)
         for start in range(0, frames, 60 * CLIP_RATE):  # written a minute at a time: the bench stays small too
             file.write(rng.uniform(-0.3, 0.3, (min(60 * CLIP_RATE, frames - start), 2)))
-    script = ("import resource, sys, separate; code = separate.main(sys.argv[1:]); "
-              "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report
+    # this (large) benchmark process's memory at the fork.
+    script = ("import sys, separate; code = separate.main(sys.argv[1:]); "
+              "print('VMHWM', open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", script, str(song), "--model", str(model_dir), "--out",
                              str(scratch / "out")], cwd=REPOSITORY, capture_output=True, text=True, check=True)
-    kilobytes = int(result.stdout.split("MAXRSS")[1].split()[0])
+    kilobytes = int(result.stdout.split("VMHWM")[1].split()[0])
     return kilobytes / 2 ** 20
 
 
