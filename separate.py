@@ -76,7 +76,7 @@ def separate_file(separator, path: Path, out: Path, chunk_seconds: float) -> Pat
             for source, writer in writers.items():
                 writer.write(fit_length(estimates[source], length))
 
-        for block in read_blocks(path, max(1, int(chunk_seconds * info.sample_rate))):
+        for block in read_blocks(path, max(1, int(chunk_seconds * info.sample_rate)), info):
             estimates = separation.push(block)
             ready = min(len(estimates["vocals"]), info.frames - written)
             write(estimates, ready)

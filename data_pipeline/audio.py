@@ -105,11 +105,13 @@ def open_audio(path) -> AudioInfo:
     return info
 
 
-def read_blocks(path, block_frames: int):
+def read_blocks(path, block_frames: int, info: AudioInfo | None = None):
     """Yields float32 ``[block_frames, channels]`` blocks of a soundfile-readable file
-    (the last may be shorter), checking each for NaN/inf and the total against the header."""
+    (the last may be shorter), checking each for NaN/inf and the total against the header.
+
+    ``info``: what ``open_audio`` already returned for this file, to skip checking it again."""
     path = Path(path)
-    info = open_audio(path)
+    info = info or open_audio(path)
     decoded = 0
     try:
         for block in sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True):
@@ -123,8 +125,9 @@ def read_blocks(path, block_frames: int):
 
 
 def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    blocks = list(read_blocks(path, block_frames=1 << 20))
-    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0], audio_info(path).sample_rate
+    info = open_audio(path)
+    blocks = list(read_blocks(path, block_frames=1 << 20, info=info))
+    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0], info.sample_rate
 
 
 def _read_stem_stream(path: Path, stream: int) -> tuple[np.ndarray, int]:
