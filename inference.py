@@ -92,6 +92,16 @@ def load_checkpoint_weights(model: keras.Model, run_dir) -> Path:
     return checkpoint
 
 
+def build_in_precision(build, config, precision: str) -> keras.Model:
+    """``build(config)`` under the Keras dtype policy for ``precision``, leaving the global policy as it was."""
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        return build(config)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
 def load_separator(path, precision: str = "float32") -> Separator:
     """Loads a run directory (its best checkpoint, else the last one).
 
@@ -101,12 +111,7 @@ def load_separator(path, precision: str = "float32") -> Separator:
     run = read_run_config(path)
     architecture = ARCHITECTURES[run["arch"]]
     config = architecture.config_from_dict(run["model"])
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISIONS[precision])
-    try:
-        model = architecture.build(config)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+    model = build_in_precision(architecture.build, config, precision)
     checkpoint = load_checkpoint_weights(model, path)
     return Separator(model, config, run["arch"], str(checkpoint))
 

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inference import PRECISIONS, Separator, separate_song  # noqa: E402
+from inference import PRECISIONS, Separator, build_in_precision, separate_song  # noqa: E402
 from models.waveunet import CONFIGS, build_waveunet, chunk_plan, input_length_for  # noqa: E402
 
 CLIP_RATE = 44100
@@ -59,12 +59,8 @@ def model_flops(model: keras.Model) -> float:
 
 
 def random_separator(name: str, precision: str) -> Separator:
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISIONS[precision])
-    try:
-        return Separator(build_waveunet(CONFIGS[name]), CONFIGS[name], "waveunet", f"{name} (random weights)")
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+    model = build_in_precision(build_waveunet, CONFIGS[name], precision)
+    return Separator(model, CONFIGS[name], "waveunet", f"{name} (random weights)")
 
 
 def measure(name: str, precision: str, clip: np.ndarray, chunk_seconds: float, peak: float) -> dict:
