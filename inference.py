@@ -7,6 +7,7 @@ is the same as one pass over the whole song, with bounded memory and no seams.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,17 @@ def separate_song(separator: Separator, audio: np.ndarray, sample_rate: int, chu
     """Separates a whole song held in memory; sources have exactly the input's shape."""
     estimates = SongSeparation(separator, sample_rate, audio.shape[1], chunk_seconds, progress).push(audio, last=True)
     return {s: fit_length(e, len(audio)) for s, e in estimates.items()}
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for a duration that must be above zero (``--chunk-seconds``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def fit_length(signal: np.ndarray, length: int) -> np.ndarray:
