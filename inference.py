@@ -173,10 +173,13 @@ class SongSeparation:
 
     ``push`` returns whatever separated audio is ready, at the input's rate, the
     same for both sources; memory holds about one chunk, whatever the song's
-    length. The song is resampled to the model's rate (soxr streams, identical to
-    one-shot resampling) and the sources back. What a lower-rate model cannot
-    hear, the band above its Nyquist frequency, goes to the accompaniment, so the
-    outputs keep the input's full bandwidth."""
+    length, and the outputs end with exactly as many samples as were pushed. The
+    song is resampled to the model's rate (soxr streams, identical to one-shot
+    resampling) and the sources back. What that round trip loses goes to the
+    accompaniment: for a lower-rate model the band above its Nyquist frequency,
+    which it never hears; for a higher-rate one the top of the input's band, cut by
+    the resampling filters. So the outputs keep the input's full bandwidth, and a
+    difference-output model's sources add up to the input."""
 
     def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
                  progress=None):
@@ -191,28 +194,26 @@ class SongSeparation:
         if self.resampled:
             self.to_model = stream(sample_rate, model_rate)
             self.to_input = {source: stream(model_rate, sample_rate) for source in SOURCES}
-        self.keeps_high_band = sample_rate > model_rate
-        if self.keeps_high_band:
-            self.heard = stream(model_rate, sample_rate)  # the input as the model hears it, back at its rate
-            self.unheard_input = _Fifo(channels)  # input waiting for its heard version
-            self.high_band = _Fifo(channels)  # input minus heard, waiting for the accompaniment
+            self.round_trip = stream(model_rate, sample_rate)  # the input as the model gets it, back at its rate
+            self.input_awaiting_round_trip = _Fifo(channels)
+            self.round_trip_loss = _Fifo(channels)  # input minus its round trip, waiting for the accompaniment
 
     def push(self, block: np.ndarray, last: bool = False) -> dict:
         block = np.asarray(block, np.float32)
-        model_input = self.to_model.resample_chunk(block, last=last) if self.resampled else block
-        if self.keeps_high_band:
-            self.unheard_input.push(block)
-            heard = self.heard.resample_chunk(model_input, last=last)
-            original = self.unheard_input.pop(len(heard))  # at the very end heard may be a sample longer
-            self.high_band.push(original - heard[:len(original)])
-        estimates = self.runner.push(model_input, last=last)
-        if self.resampled:
-            estimates = {s: self.to_input[s].resample_chunk(e, last=last) for s, e in estimates.items()}
-        if self.keeps_high_band:
-            high_band = self.high_band.pop(len(estimates["accompaniment"]))
-            length = len(high_band)  # the two paths may differ by a sample at the very end
-            estimates = {s: e[:length] for s, e in estimates.items()}
-            estimates["accompaniment"] = estimates["accompaniment"] + high_band
+        if not self.resampled:
+            return self.runner.push(block, last=last)
+        model_input = self.to_model.resample_chunk(block, last=last)
+        self.input_awaiting_round_trip.push(block)
+        round_trip = self.round_trip.resample_chunk(model_input, last=last)
+        if last:  # the round trip may end a sample short of the input or beyond it
+            round_trip = fit_length(round_trip, len(self.input_awaiting_round_trip.data))
+        self.round_trip_loss.push(self.input_awaiting_round_trip.pop(len(round_trip)) - round_trip)
+        estimates = {s: self.to_input[s].resample_chunk(e, last=last)
+                     for s, e in self.runner.push(model_input, last=last).items()}
+        if last:  # the same rounding as the round trip: end exactly where the input ends
+            estimates = {s: fit_length(e, len(self.round_trip_loss.data)) for s, e in estimates.items()}
+        # Both paths resample the same model-rate samples, the sources later: the loss is always ready first.
+        estimates["accompaniment"] += self.round_trip_loss.pop(len(estimates["accompaniment"]))
         return estimates
 
 

@@ -2,10 +2,19 @@
 
     python separate.py song.mp3 other.flac --model runs/waveunet-small-... --out separated/
 
-writes separated/<song>/vocals.wav and separated/<song>/accompaniment.wav at each
-input's own sample rate, channel count and length. Inputs: WAV, FLAC, MP3 or OGG,
-mono or stereo, any length (processed in chunks, memory stays bounded). A file
-that cannot be read is reported and skipped; the others are still separated.
+writes vocals.wav and accompaniment.wav at each input's own sample rate, channel
+count and length. Inputs: WAV, FLAC, MP3 or OGG, mono or stereo, any length
+(processed in chunks, memory stays bounded).
+
+Where the outputs go:
+  a file named on the command line   song.mp3            -> OUT/song/
+  a file found inside a folder       album/disc1/01.wav  -> OUT/disc1/01/
+                                     (its path relative to the folder named, without extension)
+Before anything is separated, the command stops with an error if two inputs
+would get the same output folder (e.g. a/song.wav and b/song.mp3, or 01.wav and
+01.flac in one folder), if an output folder already holds vocals.wav or
+accompaniment.wav (unless --overwrite), or if a folder holds no audio files.
+A file that cannot be read is reported and skipped; the others are still separated.
 """
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data_pipeline.audio import SUPPORTED_EXTENSIONS, AudioError, WavWriter, open_audio, read_blocks  # noqa: E402
 from data_pipeline.pipeline import SOURCES  # noqa: E402
-from inference import PRECISIONS, SongSeparation, fit_length, load_separator  # noqa: E402
+from inference import PRECISIONS, SongSeparation, fit_length, load_separator, positive_seconds  # noqa: E402
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "waveunet-synthetic"
 
@@ -31,13 +40,17 @@ PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "waveunet-syntheti
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="audio files (WAV/FLAC/MP3/OGG), or folders: every such file inside them")
+                        help="audio files (WAV/FLAC/MP3/OGG), or folders: every such file inside them, at any depth")
     parser.add_argument("--model", help=f"run directory of a trained model (default: the shipped {PRETRAINED.name})")
-    parser.add_argument("--out", default="separated", help="output folder (default: separated/)")
+    parser.add_argument("--out", default="separated",
+                        help="output folder: OUT/<stem>/ for a file named here, OUT/<path inside the folder, "
+                             "without extension>/ for a file found in a folder (default: separated/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs already in --out (default: refuse to, before separating anything)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
                         help="bfloat16: ~1.8x faster on CPUs with AVX512-BF16 (and on GPUs), SDR within 0.01 dB "
                              "in our checks (default: float32)")
-    parser.add_argument("--chunk-seconds", type=float, default=30.0,
+    parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
                         help="audio per model call; lower it to use less memory (default: 30)")
     return parser.parse_args(argv)
 
@@ -47,25 +60,60 @@ def device_description() -> str:
     return f"GPU ({', '.join(g.name for g in gpus)})" if gpus else f"CPU ({os.cpu_count()} cores)"
 
 
-def expand_inputs(names: list[str]) -> list[Path]:
-    """Files as given; folders replaced by the audio files inside them (recursively, sorted)."""
-    paths = []
+class PlanError(Exception):
+    """A command line that would lose or overwrite outputs; nothing has been separated yet."""
+
+
+def plan_outputs(names: list[str], out: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """``(input file, its output folder)`` for every input, checked before any separation work.
+
+    A file named directly goes to ``out/<stem>``; a file inside a folder argument to
+    ``out/<its path relative to that folder, without extension>``, so songs of the
+    same name in different subfolders stay apart."""
+    jobs = []
     for name in names:
         path = Path(name)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS))
+            # Earlier outputs inside the folder (--out under it) are not songs to separate.
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS
+                           and out.resolve() not in p.resolve().parents)
+            if not found:
+                raise PlanError(f"{path}: no {'/'.join(e[1:].upper() for e in SUPPORTED_EXTENSIONS)} files "
+                                "in this folder")
+            jobs.extend((p, out / p.relative_to(path).with_suffix("")) for p in found)
         else:
-            paths.append(path)
-    return paths
+            jobs.append((path, out / path.stem))  # a missing or unreadable file is reported when its turn comes
+
+    inputs_by_destination = {}
+    for path, destination in jobs:
+        inputs_by_destination.setdefault(destination, []).append(path)
+    collisions = [f"  {destination}/: {', '.join(map(str, paths))}"
+                  for destination, paths in inputs_by_destination.items() if len(paths) > 1]
+    if collisions:
+        raise PlanError("inputs that would be written to the same output folder (rename one of them):\n"
+                        + "\n".join(collisions))
+
+    if out.exists() and not out.is_dir():
+        raise PlanError(f"--out {out} is a file, not a folder")
+    for _, destination in jobs:
+        blocker = next((folder for folder in (destination, *destination.parents) if folder.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise PlanError(f"cannot create output folder {destination}: {blocker} is a file")
+    if not overwrite:
+        existing = [destination / f"{source}.wav" for _, destination in jobs for source in SOURCES
+                    if (destination / f"{source}.wav").exists()]
+        if existing:
+            raise PlanError("outputs already exist (pass --overwrite to replace them):\n"
+                            + "\n".join(f"  {path}" for path in existing))
+    return jobs
 
 
-def separate_file(separator, path: Path, out: Path, chunk_seconds: float) -> Path:
-    """Streams ``path`` through the separator into ``out/<stem>/{vocals,accompaniment}.wav``;
+def separate_file(separator, path: Path, destination: Path, chunk_seconds: float) -> None:
+    """Streams ``path`` through the separator into ``destination/{vocals,accompaniment}.wav``;
     memory holds about one chunk, whatever the song's length."""
     info = open_audio(path)
-    destination = out / path.stem
     written = 0
-    with tqdm(total=round(info.frames / info.sample_rate, 1), desc=path.name, unit="s audio", leave=False) as bar, \
+    with tqdm(total=info.frames / info.sample_rate, desc=path.name, unit="s audio", leave=False) as bar, \
             ExitStack() as files:
         separation = SongSeparation(separator, info.sample_rate, info.channels, chunk_seconds,
                                     progress=lambda samples: bar.update(samples / separator.sample_rate))
@@ -82,11 +130,15 @@ def separate_file(separator, path: Path, out: Path, chunk_seconds: float) -> Pat
             write(estimates, ready)
             written += ready
         write(separation.push(np.zeros((0, info.channels), np.float32), last=True), info.frames - written)
-    return destination
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        jobs = plan_outputs(args.inputs, Path(args.out), args.overwrite)
+    except PlanError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     model_path = Path(args.model) if args.model else PRETRAINED
     if args.model is None:
         print(f"No --model given: using the shipped pretrained model {model_path}")
@@ -100,9 +152,9 @@ def main(argv=None) -> int:
     if separator.channels == 1:
         print("Mono model: each channel of a stereo input is separated on its own")
     failures = 0
-    for path in expand_inputs(args.inputs):
+    for path, destination in jobs:
         try:
-            destination = separate_file(separator, path, Path(args.out), args.chunk_seconds)
+            separate_file(separator, path, destination, args.chunk_seconds)
             print(f"{path} -> {destination}/vocals.wav, accompaniment.wav")
         except AudioError as error:
             failures += 1
