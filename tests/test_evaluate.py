@@ -1,13 +1,24 @@
-"""evaluate.py: BSSEval v4 scores on a tiny fake dataset, JSON output, clear errors."""
+"""evaluate.py: BSSEval v4 scores of the model, the best no-separation baseline and the
+mixture on a tiny fake dataset, JSON output, skipped bad tracks, clear errors."""
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 import evaluate
 from tests.test_separate import make_run_dir
+from training.metrics import best_gain_estimates, least_squares_gain, signal_to_distortion
 
 RATE = 8000
+SOURCES = ("vocals", "accompaniment")
+
+
+def write_song(folder, rng, seconds=2):
+    """Vocals at half the accompaniment's amplitude, as independent noises."""
+    folder.mkdir(parents=True)
+    sf.write(folder / "vocals.wav", rng.normal(0, 0.05, (seconds * RATE, 2)), RATE)
+    sf.write(folder / "accompaniment.wav", rng.normal(0, 0.1, (seconds * RATE, 2)), RATE)
 
 
 def test_bss_scores_separate_a_perfect_estimate_from_the_mixture():
@@ -20,26 +31,147 @@ def test_bss_scores_separate_a_perfect_estimate_from_the_mixture():
     assert abs(baseline["vocals"]["SDR"]) < 1.0  # equal-power independent sources: about 0 dB
 
 
-def test_evaluate_cli_writes_per_track_and_median_scores(tmp_path, capsys):
+def test_least_squares_gain_is_the_projection_onto_the_mixture():
+    rng = np.random.default_rng(2)
+    mixture = rng.normal(0, 0.1, (5000, 2))
+    orthogonal = rng.normal(0, 0.1, (5000, 2))
+    orthogonal -= np.sum(orthogonal * mixture) / np.sum(mixture ** 2) * mixture
+    assert least_squares_gain(mixture, 0.3 * mixture + orthogonal) == pytest.approx(0.3, abs=1e-12)
+    assert least_squares_gain(np.zeros((100, 2)), orthogonal[:100]) == 0.0
+
+
+def test_best_gain_estimate_beats_every_other_scalar_multiple_of_the_mix():
+    rng = np.random.default_rng(3)
+    references = {"vocals": rng.normal(0, 0.03, (4000, 2)), "accompaniment": rng.normal(0, 0.1, (4000, 2))}
+    mixture = references["vocals"] + references["accompaniment"]
+    estimates, gains = best_gain_estimates(mixture, references)
+    candidates = np.linspace(-0.5, 1.5, 2001)  # steps of 0.001
+    for source, reference in references.items():
+        np.testing.assert_array_equal(estimates[source], gains[source] * mixture)
+        searched = [signal_to_distortion(reference, gain * mixture) for gain in candidates]
+        assert abs(candidates[np.argmax(searched)] - gains[source]) <= 0.0005
+        assert signal_to_distortion(reference, estimates[source]) >= max(searched)
+
+
+def test_scaling_the_mixture_beats_the_plain_mixture_but_not_the_best_gain_baseline():
+    # Independent sources, vocals power r = 1/4 of the accompaniment's: g mix as the vocals
+    # has SDR 10 log10(r / ((1 - g)^2 r + g^2)): -6.02 dB at g = 1, 0.71 dB at g = 0.1, and
+    # 0.97 dB at the least-squares gain g = r / (1 + r) = 0.2 (0.80 for the accompaniment).
+    rng = np.random.default_rng(4)
+    references = {"vocals": rng.normal(0, 0.05, (4 * RATE, 2)), "accompaniment": rng.normal(0, 0.1, (4 * RATE, 2))}
+    mixture = references["vocals"] + references["accompaniment"]
+    plain = evaluate.bss_scores(references, {source: mixture for source in SOURCES}, RATE)
+    trivial = evaluate.bss_scores(references, {"vocals": 0.1 * mixture, "accompaniment": 0.9 * mixture}, RATE)
+    best_gain, gains = best_gain_estimates(mixture, references)
+    best = evaluate.bss_scores(references, best_gain, RATE)
+    assert gains["vocals"] == pytest.approx(0.2, abs=0.01)
+    assert plain["vocals"]["SDR"] == pytest.approx(-6.02, abs=0.1)
+    assert trivial["vocals"]["SDR"] == pytest.approx(0.71, abs=0.1)
+    assert best["vocals"]["SDR"] == pytest.approx(0.97, abs=0.1)
+    assert trivial["vocals"]["SDR"] > plain["vocals"]["SDR"] + 6
+    for source in SOURCES:
+        assert trivial[source]["SDR"] < best[source]["SDR"]
+
+
+def test_evaluate_cli_writes_all_three_systems_and_the_gain(tmp_path, capsys):
     rng = np.random.default_rng(1)
     for name in ("one", "two"):
-        song = tmp_path / "data" / "test" / name
-        song.mkdir(parents=True)
-        sf.write(song / "vocals.wav", rng.normal(0, 0.05, (2 * RATE, 2)), RATE)
-        sf.write(song / "accompaniment.wav", rng.normal(0, 0.1, (2 * RATE, 2)), RATE)
+        write_song(tmp_path / "data" / "test" / name, rng)
     run_dir = make_run_dir(tmp_path / "run")
     output = tmp_path / "scores.json"
     assert evaluate.main(["--model", str(run_dir), "--dataset", "folder", "--data-root", str(tmp_path / "data"),
                           "--json", str(output)]) == 0
     scores = json.loads(output.read_text())
-    assert sorted(scores["tracks"]) == ["one", "two"]
-    for system in ("model", "mixture"):
-        for source in ("vocals", "accompaniment"):
+    assert sorted(scores["tracks"]) == ["one", "two"] and scores["skipped"] == []
+    for source in SOURCES:
+        for system in ("model", "best_gain_baseline", "mixture"):
             per_track = [scores["tracks"][t][system][source]["SDR"] for t in ("one", "two")]
             assert np.isclose(scores["median"][system][source]["SDR"], np.median(per_track))
-    # The mixture holds the accompaniment at twice the vocals' amplitude.
-    assert scores["median"]["mixture"]["accompaniment"]["SDR"] > scores["median"]["mixture"]["vocals"]["SDR"] + 6
-    assert "vocals: median SDR" in capsys.readouterr().out
+        gains = []
+        for track in scores["tracks"].values():
+            gains.append(track["sdr_gain_over_best_gain_baseline"][source])
+            assert gains[-1] == track["model"][source]["SDR"] - track["best_gain_baseline"][source]["SDR"]
+        assert np.isclose(scores["median_sdr_gain_over_best_gain_baseline"][source], np.median(gains))
+    for track in scores["tracks"].values():
+        # Power ratio 1/4: least-squares gains 0.2 and 0.8, up to the noises' sampling.
+        assert track["least_squares_gains"]["vocals"] == pytest.approx(0.2, abs=0.01)
+        assert track["least_squares_gains"]["accompaniment"] == pytest.approx(0.8, abs=0.01)
+        assert track["best_gain_baseline"]["vocals"]["SDR"] > track["mixture"]["vocals"]["SDR"] + 6
+    out = capsys.readouterr().out
+    assert "vocals: model median SDR" in out and "gain over best-gain baseline" in out
+    assert "MEDIAN" in out
+
+
+@pytest.mark.parametrize("corruption", ["random bytes", "truncated"])
+def test_a_bad_track_is_reported_and_skipped(tmp_path, capsys, corruption):
+    rng = np.random.default_rng(5)
+    for name in ("good", "broken"):
+        write_song(tmp_path / "data" / "test" / name, rng)
+    broken = tmp_path / "data" / "test" / "broken" / "vocals.wav"
+    if corruption == "random bytes":
+        broken.write_bytes(rng.bytes(5000))
+        reason = "not a readable audio file"
+    else:
+        broken.write_bytes(broken.read_bytes()[:-1000])
+        reason = "truncated"
+    output = tmp_path / "scores.json"
+    code = evaluate.main(["--model", str(make_run_dir(tmp_path / "run")), "--dataset", "folder",
+                          "--data-root", str(tmp_path / "data"), "--json", str(output)])
+    assert code == 1
+    assert f"track broken: {broken}: {reason}" in capsys.readouterr().err
+    scores = json.loads(output.read_text())
+    assert list(scores["tracks"]) == ["good"]
+    assert [skip["track"] for skip in scores["skipped"]] == ["broken"] and reason in scores["skipped"][0]["reason"]
+    assert "vocals" in scores["median"]["best_gain_baseline"]
+
+
+def test_every_track_bad_is_an_error_that_still_lists_them(tmp_path, capsys):
+    song = tmp_path / "data" / "test" / "broken"
+    write_song(song, np.random.default_rng(6))
+    (song / "accompaniment.wav").write_text("not audio")
+    output = tmp_path / "scores.json"
+    code = evaluate.main(["--model", str(make_run_dir(tmp_path / "run")), "--dataset", "folder",
+                          "--data-root", str(tmp_path / "data"), "--json", str(output)])
+    assert code == 2
+    assert "none of the 1 tracks could be read" in capsys.readouterr().err
+    scores = json.loads(output.read_text())
+    assert scores["tracks"] == {} and [skip["track"] for skip in scores["skipped"]] == ["broken"]
+
+
+def test_precision_and_chunk_seconds_reach_the_separator(tmp_path, monkeypatch):
+    write_song(tmp_path / "data" / "test" / "one", np.random.default_rng(7), seconds=1)
+    calls = {}
+    real_load, real_separate = evaluate.load_separator, evaluate.separate_song
+
+    def load_separator(path, precision):
+        calls["precision"] = precision
+        return real_load(path, precision)
+
+    def separate_song(*args, chunk_seconds):
+        calls["chunk_seconds"] = chunk_seconds
+        return real_separate(*args, chunk_seconds=chunk_seconds)
+
+    monkeypatch.setattr(evaluate, "load_separator", load_separator)
+    monkeypatch.setattr(evaluate, "separate_song", separate_song)
+    output = tmp_path / "scores.json"
+    assert evaluate.main(["--model", str(make_run_dir(tmp_path / "run")), "--dataset", "folder",
+                          "--data-root", str(tmp_path / "data"), "--json", str(output),
+                          "--precision", "bfloat16", "--chunk-seconds", "0.25"]) == 0
+    assert calls == {"precision": "bfloat16", "chunk_seconds": 0.25}
+    assert json.loads(output.read_text())["precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "ten"])
+def test_bad_chunk_seconds_is_rejected(seconds, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(["--model", "run", "--chunk-seconds", seconds])
+    assert exit_info.value.code == 2
+    assert "--chunk-seconds" in capsys.readouterr().err
+
+
+def test_every_flag_has_help():
+    parser_actions = evaluate.build_parser()._actions
+    assert all(action.help for action in parser_actions)
 
 
 def test_evaluate_cli_errors(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """TensorBoard logging beyond Keras' own (losses, learning rate, layer graph):
-validation SDR on fixed excerpts with the mixture-as-estimate baseline beside
-it, audio examples with their spectrograms, and the forward pass's op graph."""
+validation SDR on fixed excerpts beside the best no-separation baseline (and the
+plain mixture), audio examples with their spectrograms, and the forward pass's
+op graph."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from data_pipeline.pipeline import SOURCES, CropSpec
-from training.metrics import signal_to_distortion
+from training.metrics import best_gain_estimates, signal_to_distortion
 
 SPECTROGRAM_FLOOR_DB = -80.0
 
@@ -26,7 +27,8 @@ def spectrogram_image(audio: np.ndarray) -> np.ndarray:
 
 
 class ValidationExamples(keras.callbacks.Callback):
-    """At each validation: SDR of the model and of the mixture on fixed excerpts,
+    """At each validation: SDR of the model, of the best no-separation baseline and
+    of the mixture on fixed excerpts,
     and (for the first ``audio_examples``) audio and spectrograms."""
 
     def __init__(self, log_dir, mix: np.ndarray, targets: dict, crop: CropSpec, sample_rate: int,
@@ -52,15 +54,20 @@ class ValidationExamples(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         estimates = self.model.predict(self.mix, batch_size=4, verbose=0)
+        best_gain, _ = best_gain_estimates(self.mix_centre, self.targets)
         # record_if(True): Keras' TensorBoard callback leaves a step filter active during fit.
         with self.writer.as_default(), tf.summary.record_if(True):
             for source in SOURCES:
                 sdr = signal_to_distortion(self.targets[source], estimates[source])
-                baseline = signal_to_distortion(self.targets[source], self.mix_centre)
+                best_gain_baseline = signal_to_distortion(self.targets[source], best_gain[source])
+                mixture_baseline = signal_to_distortion(self.targets[source], self.mix_centre)
                 tf.summary.scalar(f"sdr/{source}", sdr, step=step)
-                tf.summary.scalar(f"sdr_mixture_baseline/{source}", baseline, step=step)
+                tf.summary.scalar(f"sdr_best_gain_baseline/{source}", best_gain_baseline, step=step)
+                tf.summary.scalar(f"sdr_mixture_baseline/{source}", mixture_baseline, step=step)
                 if logs is not None:
                     logs[f"val_sdr_{source}"] = sdr
+                    # The gain over the best no-separation baseline: what separating adds.
+                    logs[f"val_sdr_gain_{source}"] = sdr - best_gain_baseline
                 self._log_audio(f"estimate_{source}", estimates[source], step)
             if not self.references_logged:
                 self._log_forward_graph()
