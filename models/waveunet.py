@@ -40,7 +40,8 @@ class WaveUNetConfig:
     output_filter_size: int = 1
     upsampling: str = "linear"  # "linear" interpolation or f90's "learned" interpolation
     context: bool = False  # True: valid convolutions, the input carries extra context
-    output_type: str = "direct"  # "direct": a tanh conv per source; "difference": accompaniment = mix - vocals
+    output_type: str = "direct"  # "direct": a tanh conv per source; "difference": one source is mix minus the other
+    predicted_source: str = "vocals"  # with "difference": the source the network predicts (f90: accompaniment)
     channels: int = 1  # 1 mono, 2 stereo
     sample_rate: int = 22050  # of the audio the model is trained on; the graph does not use it
     num_frames: int = 16384  # desired output length of a training example (f90's num_frames)
@@ -50,6 +51,8 @@ class WaveUNetConfig:
             raise ValueError(f"upsampling must be 'linear' or 'learned', got {self.upsampling!r}")
         if self.output_type not in ("direct", "difference"):
             raise ValueError(f"output_type must be 'direct' or 'difference', got {self.output_type!r}")
+        if self.predicted_source not in SOURCES:
+            raise ValueError(f"predicted_source must be one of {SOURCES}, got {self.predicted_source!r}")
         if self.channels not in (1, 2):
             raise ValueError(f"channels must be 1 or 2, got {self.channels}")
         if self.num_layers < 1 or self.num_initial_filters < 1:
@@ -66,7 +69,8 @@ class WaveUNetConfig:
 def _paper_configs() -> dict[str, WaveUNetConfig]:
     """f90's named configs; each paper model adds one change to the previous one."""
     m1 = WaveUNetConfig()  # cfg.baseline
-    m2 = dataclasses.replace(m1, output_type="difference")  # cfg.baseline_diff
+    # f90's difference output predicts the accompaniment and derives the vocals.
+    m2 = dataclasses.replace(m1, output_type="difference", predicted_source="accompaniment")  # cfg.baseline_diff
     m3 = dataclasses.replace(m2, context=True)  # cfg.baseline_context
     m4 = dataclasses.replace(m3, channels=2)  # cfg.baseline_stereo
     m5 = dataclasses.replace(m4, upsampling="learned")  # cfg.full
@@ -193,12 +197,14 @@ def _source_outputs(config: WaveUNetConfig, mix, features) -> dict:
     def source_conv(name):
         return _conv(config, config.channels, config.output_filter_size, name, activation="tanh")
 
-    vocals = source_conv("vocals")(features)
     if config.output_type == "direct":
-        return {"vocals": vocals, "accompaniment": source_conv("accompaniment")(features)}
+        return {source: source_conv(source)(features) for source in SOURCES}
     # Difference output: the sources add up to the (centre-cropped) mix exactly.
-    aligned_mix = CenterCrop1D(name="crop_mix")([mix, vocals])
-    return {"vocals": vocals, "accompaniment": layers.Subtract(name="accompaniment")([aligned_mix, vocals])}
+    predicted = source_conv(config.predicted_source)(features)
+    derived_source = next(source for source in SOURCES if source != config.predicted_source)
+    aligned_mix = CenterCrop1D(name="crop_mix")([mix, predicted])
+    derived = layers.Subtract(name=derived_source)([aligned_mix, predicted])
+    return {config.predicted_source: predicted, derived_source: derived}
 
 
 def build_waveunet(config: WaveUNetConfig, input_length: int | None = None, name: str = "waveunet") -> keras.Model:

@@ -136,6 +136,7 @@ def test_named_configs_follow_f90():
     assert [c.output_type == "difference" for c in paper.values()] == [False] + [True] * 5
     assert [c.context for c in paper.values()] == [False, False] + [True] * 4
     assert [c.channels for c in paper.values()] == [1, 1, 1, 2, 2, 2]
+    assert [c.predicted_source for c in paper.values()][1:] == ["accompaniment"] * 5  # vocals = mix - accompaniment
     assert [c.upsampling for c in paper.values()] == ["linear"] * 4 + ["learned"] * 2
     assert [c.sample_rate for c in paper.values()] == [22050] * 5 + [44100]
     assert all((c.num_layers, c.num_initial_filters, c.filter_size, c.merge_filter_size) == (12, 24, 15, 5)
@@ -171,6 +172,8 @@ def test_config_round_trips_through_json():
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError):
         WaveUNetConfig(upsampling="nearest")
+    with pytest.raises(ValueError):
+        WaveUNetConfig(output_type="difference", predicted_source="drums")
     with pytest.raises(KeyError):
         get_config("M9")
 
@@ -178,12 +181,18 @@ def test_bad_configs_are_rejected():
 # ---------------------------------------------------------------- behaviour
 
 
-def test_difference_output_sources_add_up_to_the_mix():
-    input_length, output_length = input_length_for(TINY, 300)
-    mix = random_mix(TINY, input_length)
-    outputs = build_waveunet(TINY)(mix)
+@pytest.mark.parametrize("predicted", ["vocals", "accompaniment"])
+def test_difference_output_sources_add_up_to_the_mix(predicted):
+    config = dataclasses.replace(TINY, predicted_source=predicted)
+    input_length, output_length = input_length_for(config, 300)
+    mix = random_mix(config, input_length)
+    model = build_waveunet(config)
+    outputs = model(mix)
     total = outputs["vocals"].numpy() + outputs["accompaniment"].numpy()
-    np.testing.assert_allclose(total, center_crop(mix, output_length), atol=1e-6)
+    np.testing.assert_allclose(total, center_crop(mix, output_length), atol=1e-7)
+    derived = "vocals" if predicted == "accompaniment" else "accompaniment"
+    assert isinstance(model.get_layer(predicted), keras.layers.Conv1D)
+    assert isinstance(model.get_layer(derived), keras.layers.Subtract)
 
 
 @pytest.mark.parametrize("config", [TINY_LEARNED, TINY_DIRECT_MONO], ids=["learned-difference", "linear-direct"])
@@ -198,16 +207,27 @@ def test_keras_file_round_trip_gives_identical_outputs(config, tmp_path):
         np.testing.assert_allclose(after[source].numpy(), before[source].numpy(), atol=1e-6)
 
 
-def test_training_steps_lower_the_loss():
+def best_constant_gain_loss(mix_centre: np.ndarray, targets: dict) -> float:
+    """The summed per-source MSE of the best predictor that does not separate: each
+    source as the mix times its least-squares gain."""
+    loss = 0.0
+    for target in targets.values():
+        gain = np.sum(mix_centre * target) / np.sum(mix_centre ** 2)
+        loss += np.mean((target - gain * mix_centre) ** 2)
+    return float(loss)
+
+
+def test_training_steps_beat_the_best_constant_gain():
     keras.utils.set_random_seed(0)
     input_length, output_length = input_length_for(TINY, 256)
     mix = random_mix(TINY, input_length, batch=8, seed=3)
     # A learnable split: vocals are the low-passed mix (moving average), accompaniment the rest.
     lowpassed = np.apply_along_axis(lambda signal: np.convolve(signal, np.ones(9) / 9, "same"), 1, mix)
     vocals = center_crop(lowpassed, output_length)
-    targets = {"vocals": vocals, "accompaniment": center_crop(mix, output_length) - vocals}
+    mix_centre = center_crop(mix, output_length)
+    targets = {"vocals": vocals, "accompaniment": mix_centre - vocals}
     model = build_waveunet(TINY)
-    model.compile(keras.optimizers.Adam(1e-3), loss="mse")
-    initial_loss = model.evaluate(mix, targets, verbose=0)[0]
-    model.fit(mix, targets, batch_size=8, epochs=10, verbose=0)
-    assert model.evaluate(mix, targets, verbose=0)[0] < 0.9 * initial_loss
+    model.compile(keras.optimizers.Adam(3e-3), loss="mse")
+    model.fit(mix, targets, batch_size=8, epochs=100, verbose=0)
+    trained_loss = model.evaluate(mix, targets, verbose=0)[0]
+    assert trained_loss < 0.3 * best_constant_gain_loss(mix_centre, targets)  # measured: 0.20
