@@ -3,7 +3,10 @@ seeded run repeats exactly, whatever the parallelism.
 
 Sources follow the seed facts: A = mix, B = vocals, C = accompaniment, and the
 remix draws newA = B*f0 + C*f1 with f0, f1 ~ U[0.7, 1.0] and scales the labels
-the same way, so mix = vocals + accompaniment still holds exactly.
+the same way, so mix = vocals + accompaniment still holds exactly. The
+cross-song remix (drawing C from another song, done while cropping in
+``pipeline.make_dataset``) makes mixes no recording holds, multiplying the
+mixes a small dataset offers.
 """
 from __future__ import annotations
 
@@ -16,10 +19,16 @@ import tensorflow as tf
 @dataclass(frozen=True)
 class AugmentOptions:
     gain_range: tuple[float, float] | None = (0.7, 1.0)  # None disables the remix
+    # Chance that an example's accompaniment is a random crop of another song; 0 disables.
+    cross_song_probability: float = 0.5
     swap_channels: bool = True
     # UMT's augmentation: shift a random segment of the model input in pitch.
     pitch_shift_semitones: float = 0.0  # 0 disables; UMT uses 0.5
     pitch_shift_seconds: tuple[float, float] = (0.25, 0.5)
+
+    def __post_init__(self):
+        if not 0 <= self.cross_song_probability <= 1:
+            raise ValueError(f"cross_song_probability must lie in [0, 1], not {self.cross_song_probability}")
 
 
 def remix(vocals, accompaniment, seed, gain_range=(0.7, 1.0)):

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.audio import SUPPORTED_EXTENSIONS, audio_info, load_audio, write_wav
+from data_pipeline.audio import (MAX_CHANNELS, SUPPORTED_EXTENSIONS, AudioError, audio_info, is_stem_file,
+                                  load_audio, open_audio, write_wav)
 
 SPLITS = ("train", "valid", "test")
 
@@ -81,6 +82,55 @@ def load_track(track: Track, sample_rate: int, channels: int = 2) -> dict[str, n
     else:
         audio["mixture"] = audio["vocals"] + audio["accompaniment"]
     return audio
+
+
+def find_problems(tracks: list[Track], *, decode: bool = False) -> list[str]:
+    """Every file of ``tracks`` that training or evaluation could not read, as
+    ``"<path>: <reason>"`` lines (the first problem of each file; [] when all is well).
+
+    Checks each file's header: it exists, reads, holds samples, has 1 or 2
+    channels and, for a WAV, all the data its header announces (``open_audio``);
+    for a ``.stem.mp4``, what ffprobe says of each stream the tracks use.
+    ``decode=True`` also decodes every file with ``load_audio``, which finds
+    what only shows while decoding (corrupt frames, NaN samples).
+    """
+    streams_by_path: dict[str, list[int | None]] = {}
+    for track in tracks:
+        for file in (*track.vocals, *track.accompaniment, *track.mixture):
+            streams = streams_by_path.setdefault(file.path, [])
+            if file.stream not in streams:
+                streams.append(file.stream)
+    problems = []
+    for path, streams in streams_by_path.items():
+        try:
+            if is_stem_file(path):
+                _check_stem_header(path, streams)
+            else:
+                open_audio(path)
+            if decode:
+                for stream in streams:
+                    load_audio(path, stream=stream)
+        except AudioError as error:
+            problems.append(str(error))
+    return problems
+
+
+def _check_stem_header(path: str, streams: list[int]) -> None:
+    import stempeg  # imported lazily: it probes ffmpeg on import
+
+    try:
+        info = stempeg.Info(path)
+    except Exception as error:  # ffmpeg-python's Error when ffprobe fails, OSError when ffprobe is missing
+        stderr_lines = (getattr(error, "stderr", None) or b"").decode(errors="replace").strip().splitlines()
+        raise AudioError(path, f"ffprobe cannot read it ({stderr_lines[-1] if stderr_lines else error})") from None
+    for stream in streams:
+        if stream >= info.nb_audio_streams:
+            raise AudioError(path, f"has {info.nb_audio_streams} audio streams, no stream {stream}")
+        if not 1 <= info.channels(stream) <= MAX_CHANNELS:
+            raise AudioError(path, f"stream {stream} has {info.channels(stream)} channels; "
+                                   "only mono and stereo are supported")
+        if info.samples(stream) <= 0:
+            raise AudioError(path, f"stream {stream} contains no audio samples")
 
 
 # --- adapters -----------------------------------------------------------------
@@ -222,12 +272,18 @@ def _write_synthetic_song(folder: Path, song_seed: int, sample_rate: int, durati
     from data_pipeline.synthetic_music import generate_song
 
     stems = generate_song(song_seed, sample_rate, duration)
-    staging = folder.with_name(folder.name + ".partial")
+    # Per process: the workers of a multi-worker run may fill a shared cache at once.
+    staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     for name, audio in stems.items():
         write_wav(staging / f"{name}.wav", audio, sample_rate)
     write_wav(staging / "mixture.wav", stems["vocals"] + stems["accompaniment"], sample_rate)
-    os.replace(staging, folder)  # a song folder exists only once complete
+    try:
+        os.replace(staging, folder)  # a song folder exists only once complete
+    except OSError:
+        if not folder.is_dir():
+            raise
+        shutil.rmtree(staging)  # another process finished the same song first
 
 
 def synthetic_tracks(split: str, sample_rate: int, options: SyntheticOptions = SyntheticOptions()) -> list[Track]:

@@ -1,6 +1,7 @@
 """The tf.data input pipeline shared by every architecture.
 
-    tracks -> decode (parallel, AUTOTUNE) -> [cache in memory] -> random crops
+    tracks -> decode (parallel, AUTOTUNE) -> [cache in memory] -> shuffle songs
+           -> random crops of several songs in turn (accompaniment sometimes from another song)
            -> augment (remix gains, channel swap, optional pitch shift) -> batch -> prefetch
 
 Each element is ``(mix [input_length, C], {"vocals": [output_length, C],
@@ -89,13 +90,39 @@ def _pad_for_crops(signal, crop: CropSpec):
     return tf.pad(signal, [[crop.context_left, crop.context_right + shortfall], [0, 0]])
 
 
-def _training_example(vocals, accompaniment, seed, crop: CropSpec, channels: int, sample_rate: int,
-                      options: augment.AugmentOptions):
-    crop_seed, gain_seed, swap_seed, pitch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    vocals, accompaniment = _pad_for_crops(vocals, crop), _pad_for_crops(accompaniment, crop)
-    start = tf.random.stateless_uniform([], crop_seed, 0, tf.shape(vocals)[0] - crop.input_length + 1, tf.int32)
-    vocals = vocals[start:start + crop.input_length]
-    accompaniment = accompaniment[start:start + crop.input_length]
+def _random_window(padded_signal, seed, crop: CropSpec):
+    start = tf.random.stateless_uniform([], seed, 0, tf.shape(padded_signal)[0] - crop.input_length + 1, tf.int32)
+    return start, padded_signal[start:start + crop.input_length]
+
+
+def _song_crops(song, donor, song_number, seed: int, crops_per_track: int, crop: CropSpec,
+                cross_song_probability: float) -> tf.data.Dataset:
+    """``crops_per_track`` input-length windows ``(vocals, accompaniment, augmentation seed)`` of one padded song.
+
+    With probability ``cross_song_probability`` a window's accompaniment is a
+    random window of ``donor``'s accompaniment instead, unless ``donor`` is the
+    same track."""
+    track_index, vocals, accompaniment = song
+    donor_index, _, donor_accompaniment = donor
+
+    def window(crop_number):
+        element_seed = tf.stack([tf.cast(seed, tf.int64), song_number * crops_per_track + crop_number])
+        start_seed, donor_seed, cross_song_seed, augmentation_seed = tf.unstack(
+            tf.random.experimental.stateless_split(element_seed, 4))
+        start, vocals_window = _random_window(vocals, start_seed, crop)
+        cross_song = tf.logical_and(tf.random.stateless_uniform([], cross_song_seed) < cross_song_probability,
+                                    donor_index != track_index)
+        accompaniment_window = tf.cond(cross_song,
+                                       lambda: _random_window(donor_accompaniment, donor_seed, crop)[1],
+                                       lambda: accompaniment[start:start + crop.input_length])
+        return vocals_window, accompaniment_window, augmentation_seed
+
+    return tf.data.Dataset.range(crops_per_track).map(window)
+
+
+def _augmented_example(vocals, accompaniment, seed, crop: CropSpec, channels: int, sample_rate: int,
+                       options: augment.AugmentOptions):
+    gain_seed, swap_seed, pitch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     if options.gain_range is not None:
         vocals, accompaniment = augment.remix(vocals, accompaniment, gain_seed, options.gain_range)
     if options.swap_channels and channels == 2:
@@ -139,18 +166,30 @@ def _evaluation_windows(vocals, accompaniment, crop: CropSpec):
 def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, channels: int = 2,
                  batch_size: int = 16, training: bool = True, seed: int = 0, cache: bool = True,
                  crops_per_track: int = 8, augmentation: augment.AugmentOptions = augment.AugmentOptions(),
-                 num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+                 num_shards: int = 1, shard_index: int = 0, songs_in_flight: int = 16) -> tf.data.Dataset:
     """Batches of ``(mix, {"vocals", "accompaniment"})`` for ``model.fit``.
 
-    training=True: endless random crops, ``crops_per_track`` from each decoded
-    song before moving on (so an uncached run decodes each song once per
-    ``crops_per_track`` crops), augmented, reproducible for a given ``seed``.
+    training=True: endless random crops, augmented, reproducible for a given
+    ``seed``. Each pass over the songs takes them in a new random order.
+    ``songs_in_flight`` songs (all of them, if fewer) are cropped at once,
+    taking turns, so consecutive crops, and the examples of a batch, come from
+    different songs; a song gives ``crops_per_track`` crops, then the next song
+    takes its place (an uncached run decodes each song once per
+    ``crops_per_track`` crops). Each song lends its accompaniment to the song
+    after it for the cross-song remix (``augmentation.cross_song_probability``).
+    Memory: ``songs_in_flight + 1`` decoded songs are held for cropping, beside
+    tf.data's autotuned buffers (songs decoded ahead when uncached, a few
+    batches of crops); with ``cache=True`` every song is in memory anyway.
+
     training=False: one pass of consecutive, unaugmented windows covering every
     song, for validation. ``num_shards``/``shard_index`` split the songs between
     the workers of a multi-worker run.
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, not {channels}")
+    if songs_in_flight < 1 or crops_per_track < 1:
+        raise ValueError(f"songs_in_flight and crops_per_track must be at least 1, not {songs_in_flight} "
+                         f"and {crops_per_track}")
     tracks = tracks[shard_index::num_shards]
     if not tracks:
         raise ValueError("no tracks to build a dataset from")
@@ -162,15 +201,26 @@ def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, chann
             lambda v, a: _example(v, a, crop, channels, sample_rate), num_parallel_calls=AUTOTUNE)
         return examples.batch(batch_size).prefetch(AUTOTUNE)
 
+    def decode_padded(track_index, files):
+        vocals, accompaniment = decode(*files)
+        return track_index, _pad_for_crops(vocals, crop), _pad_for_crops(accompaniment, crop)
+
+    # The track index travels with the song so that a song never lends its accompaniment to itself.
+    indexed_table = tf.data.Dataset.zip(tf.data.Dataset.range(len(tracks)), table)
     if cache:
-        songs = table.map(decode, num_parallel_calls=AUTOTUNE).cache().repeat().shuffle(len(tracks), seed=seed)
+        songs = indexed_table.map(decode_padded, num_parallel_calls=AUTOTUNE).cache().shuffle(
+            len(tracks), seed=seed).repeat()
     else:  # shuffle paths, not decoded songs, so memory holds only the songs being cropped
-        songs = table.repeat().shuffle(len(tracks), seed=seed).map(decode, num_parallel_calls=AUTOTUNE)
-    repeated = songs.flat_map(lambda v, a: tf.data.Dataset.from_tensors((v, a)).repeat(crops_per_track))
-    seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
-    examples = tf.data.Dataset.zip(repeated, seeds).map(
-        lambda songs_pair, element_seed: _training_example(*songs_pair, element_seed, crop, channels, sample_rate,
-                                                           augmentation),
+        songs = indexed_table.shuffle(len(tracks), seed=seed).repeat().map(decode_padded, num_parallel_calls=AUTOTUNE)
+    # Each song is paired with the song before it, its accompaniment donor; the first one only lends.
+    no_song = (tf.constant(-1, tf.int64), tf.zeros([0, 2]), tf.zeros([0, 2]))
+    songs_with_donors = songs.scan(no_song, lambda previous, song: (song, (song, previous))).skip(1)
+    crops = tf.data.Dataset.zip(songs_with_donors, tf.data.Dataset.counter()).interleave(
+        lambda song_and_donor, song_number: _song_crops(*song_and_donor, song_number, seed, crops_per_track, crop,
+                                                        augmentation.cross_song_probability),
+        cycle_length=min(songs_in_flight, len(tracks)), block_length=1)
+    examples = crops.map(
+        lambda vocals, accompaniment, element_seed: _augmented_example(
+            vocals, accompaniment, element_seed, crop, channels, sample_rate, augmentation),
         num_parallel_calls=AUTOTUNE)
     return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
-

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, get_tracks, load_track
+from data_pipeline.datasets import (DATASETS, AudioFile, DatasetError, SyntheticOptions, Track, find_problems,
+                                    get_tracks, load_track)
 
 RATE = 8000
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "musdb18-sample"
@@ -148,6 +149,52 @@ def test_synthetic_dataset_is_cached_and_reproducible(tmp_path):
     elsewhere = SyntheticOptions(songs=options.songs, duration=2.0, cache_dir=str(tmp_path / "other"))
     regenerated = load_track(get_tracks("synthetic", "train", sample_rate=RATE, synthetic=elsewhere)[0], RATE)
     np.testing.assert_array_equal(regenerated["vocals"], audio["vocals"])  # same seed, same song
+
+
+def make_training_songs(root, songs=3):
+    for index in range(songs):
+        write(root / "train" / f"song{index}" / "vocals.wav", 0.1)
+        write(root / "train" / f"song{index}" / "accompaniment.wav", 0.2)
+    return root / "train"
+
+
+def test_find_problems_names_every_broken_file(tmp_path):
+    songs = make_training_songs(tmp_path / "stems")
+    truncated = songs / "song0" / "vocals.wav"
+    truncated.write_bytes(truncated.read_bytes()[:-1000])
+    write(songs / "song1" / "accompaniment.wav", 0.2, channels=3)
+    (songs / "song2" / "vocals.wav").write_text("not audio")
+    problems = find_problems(get_tracks("folder", "train", data_root=tmp_path / "stems"))
+    assert len(problems) == 3
+    assert problems[0].startswith(f"{truncated}: truncated")
+    assert problems[1].startswith(f"{songs / 'song1' / 'accompaniment.wav'}: has 3 channels")
+    assert problems[2].startswith(f"{songs / 'song2' / 'vocals.wav'}: not a readable audio file")
+
+
+def test_find_problems_decodes_on_request(tmp_path):
+    songs = make_training_songs(tmp_path / "stems")
+    tracks = get_tracks("folder", "train", data_root=tmp_path / "stems")
+    assert find_problems(tracks) == [] and find_problems(tracks, decode=True) == []
+    nan_samples = songs / "song1" / "vocals.wav"
+    sf.write(nan_samples, np.full((RATE, 2), np.nan, dtype=np.float32), RATE, subtype="FLOAT")
+    assert find_problems(tracks) == []  # the header is fine
+    assert find_problems(tracks, decode=True) == [f"{nan_samples}: contains NaN or infinite samples"]
+
+
+def test_find_problems_reads_stem_file_headers(tmp_path):
+    fake = tmp_path / "fake.stem.mp4"
+    fake.write_text("not audio")
+    track = Track("fake", vocals=(AudioFile(str(fake), 4),), accompaniment=(AudioFile(str(fake), 1),))
+    [problem] = find_problems([track])
+    assert problem.startswith(f"{fake}: ffprobe cannot read it (")
+
+
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="MUSDB18 sample fixture not present")
+def test_find_problems_checks_each_stream_of_a_real_stem_file():
+    [track] = get_tracks("musdb", "train", data_root=FIXTURE)
+    assert find_problems([track]) == []
+    missing_stream = Track(track.name, vocals=(AudioFile(track.vocals[0].path, 7),), accompaniment=track.accompaniment)
+    assert find_problems([missing_stream]) == [f"{track.vocals[0].path}: has 5 audio streams, no stream 7"]
 
 
 @pytest.mark.skipif(not FIXTURE.is_dir(), reason="MUSDB18 sample fixture not present")

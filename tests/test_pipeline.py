@@ -9,24 +9,33 @@ from data_pipeline.pipeline import CropSpec, make_dataset
 
 RATE = 8000
 SONG_FRAMES = 3 * RATE
-NO_AUGMENTATION = AugmentOptions(gain_range=None, swap_channels=False)
+SONGS = 12  # more than a batch, so a batch can hold every example from a different song
+NO_AUGMENTATION = AugmentOptions(gain_range=None, cross_song_probability=0.0, swap_channels=False)
+STEP = 1 / (2 * SONG_FRAMES) / 4  # the stored vocals' rise per sample
 
 
 def ramp_song(index):
-    """Vocals: left channel a ramp (so a value tells its position), right half of it;
-    accompaniment: a constant."""
-    ramp = (np.arange(SONG_FRAMES) + 1) / (2 * SONG_FRAMES) + index
-    vocals = np.stack([ramp, 0.5 * ramp], axis=1)
-    accompaniment = np.full((SONG_FRAMES, 2), 0.25)
-    return vocals.astype(np.float32), accompaniment.astype(np.float32)
+    """Both sources tell their song and position: vocals rise from index to index + 0.5,
+    the accompaniment falls from index + 1 to index + 0.75 at half that slope; each
+    right channel is half its left one, so a channel swap shows."""
+    position = (np.arange(SONG_FRAMES) + 1) / (2 * SONG_FRAMES)
+    vocals, accompaniment = index + position, index + 1 - position / 2
+    return tuple(np.stack([left, 0.5 * left], axis=1).astype(np.float32) for left in (vocals, accompaniment))
+
+
+def song_of(left_channel):
+    """The song index each example's (stored, unscaled) left channel comes from."""
+    indices = np.floor(4 * left_channel).astype(int)
+    assert (indices == indices[:, :1]).all()
+    return indices[:, 0]
 
 
 @pytest.fixture(scope="module")
 def tracks(tmp_path_factory):
     root = tmp_path_factory.mktemp("ramps")
-    for index in range(3):
+    for index in range(SONGS):
         vocals, accompaniment = ramp_song(index)
-        song = root / "train" / f"song{index}"
+        song = root / "train" / f"song{index:02d}"
         song.mkdir(parents=True)
         # FLOAT WAV keeps the ramp exact (decoded through the Python path).
         sf.write(song / "vocals.wav", vocals / 4, RATE, subtype="FLOAT")
@@ -65,38 +74,64 @@ def test_mix_is_exactly_the_sum_of_the_labels_after_augmentation(tracks):
 
 
 def test_crops_are_contiguous_windows_aligned_with_the_input(tracks):
-    step = 1 / (2 * SONG_FRAMES) / 4
     for mix, targets in batches(tracks, augmentation=NO_AUGMENTATION):
         vocals = targets["vocals"][..., 0]
-        inside = vocals != 0  # away from the zero padding at the song edges
-        np.testing.assert_allclose(np.diff(vocals, axis=1)[inside[:, :-1] & inside[:, 1:]], step, atol=2.5e-7)  # float32 rounding
+        # Two float32 roundings of values below 4 differ by at most 2.4e-7.
+        np.testing.assert_allclose(np.diff(vocals, axis=1), STEP, atol=2.5e-7)
         accompaniment = targets["accompaniment"][..., 0]
-        np.testing.assert_allclose(mix[:, CROP.context_left:CROP.context_left + 600, 0], vocals + accompaniment)
+        np.testing.assert_allclose(np.diff(accompaniment, axis=1), -STEP / 2, atol=2.5e-7)
+        np.testing.assert_array_equal(mix[:, CROP.context_left:CROP.context_left + 600, 0], vocals + accompaniment)
 
 
-def test_remix_gains_lie_in_range_and_scale_labels(tracks):
+def test_a_batch_draws_from_many_songs(tracks):
+    distinct = [len(set(song_of(targets["vocals"][..., 0])))
+                for _, targets in batches(tracks, count=6, crops_per_track=8, augmentation=NO_AUGMENTATION)]
+    # A song can come round again only where one pass over the songs meets the next.
+    assert min(distinct) >= 6 and np.mean(distinct) >= 7, distinct
+
+
+# 64 examples: the binomial spread at p = 0.5 is 0.06; at p = 1 a song lends to itself
+# only where one pass over the songs meets the next and the same song ends one and starts the other.
+@pytest.mark.parametrize("probability, fewest, most", [(0.0, 0.0, 0.0), (0.5, 0.3, 0.7), (1.0, 0.9, 1.0)])
+def test_cross_song_remix_takes_the_accompaniment_of_another_song(tracks, probability, fewest, most):
+    options = AugmentOptions(gain_range=None, cross_song_probability=probability, swap_channels=False)
+    vocals_songs, accompaniment_songs = [], []
+    for mix, targets in batches(tracks, count=8, augmentation=options):
+        vocals_songs.extend(song_of(targets["vocals"][..., 0]))
+        accompaniment_songs.extend(song_of(targets["accompaniment"][..., 0]))
+        centre = mix[:, CROP.context_left:CROP.context_left + CROP.output_length]
+        np.testing.assert_array_equal(centre, targets["vocals"] + targets["accompaniment"])
+    crossed = np.mean(np.array(vocals_songs) != np.array(accompaniment_songs))
+    assert fewest <= crossed <= most
+
+
+def test_remix_gains_lie_in_range_and_differ_between_sources(tracks):
     options = AugmentOptions(gain_range=(0.7, 1.0), swap_channels=False)
-    gains = []
+    vocals_gains, accompaniment_gains = [], []
     for _, targets in batches(tracks, count=8, augmentation=options):
+        # The ramps' slopes are known, so each window's end-to-end rise gives its gain.
+        rise = (CROP.output_length - 1) * STEP
+        vocals_gains.extend((targets["vocals"][:, -1, 0] - targets["vocals"][:, 0, 0]) / rise)
         accompaniment = targets["accompaniment"][..., 0]
-        for row in accompaniment:
-            values = row[row != 0]
-            if len(values):
-                gains.append(values[0] / 0.0625)  # the stored accompaniment is 0.25 / 4
-                np.testing.assert_allclose(values, values[0], rtol=1e-6)  # one gain per example
-    gains = np.array(gains)
-    assert gains.min() >= 0.7 - 1e-6 and gains.max() <= 1.0 + 1e-6 and gains.std() > 0.03
+        accompaniment_gains.extend((accompaniment[:, 0] - accompaniment[:, -1]) / (rise / 2))
+    gains = np.array([vocals_gains, accompaniment_gains])
+    # float32 rounding of values below 4 over a rise of 0.0016 (accompaniment): at most 3e-4 of the gain.
+    assert gains.min() >= 0.7 - 3e-4 and gains.max() <= 1.0 + 3e-4
+    assert gains.std(axis=1).min() > 0.05  # U[0.7, 1] has a spread of 0.087
+    assert abs(np.corrcoef(gains)[0, 1]) < 0.5  # independent: 64 pairs give |r| ~ 0.13
 
 
 def test_channel_swap_moves_every_signal_together(tracks):
     options = AugmentOptions(gain_range=None, swap_channels=True)
     swapped = []
     for mix, targets in batches(tracks, count=6, augmentation=options):
-        vocals = targets["vocals"]
-        louder_left = np.abs(vocals[..., 0]).sum(axis=1) > np.abs(vocals[..., 1]).sum(axis=1)
-        swapped.extend(~louder_left)
+        # Every stored left channel is twice its right one.
+        swapped_vocals, swapped_accompaniment = (targets[name][..., 1].sum(axis=1) > targets[name][..., 0].sum(axis=1)
+                                                 for name in ("vocals", "accompaniment"))
+        np.testing.assert_array_equal(swapped_vocals, swapped_accompaniment)
+        swapped.extend(swapped_vocals)
         centre = mix[:, CROP.context_left:CROP.context_left + 600]
-        np.testing.assert_array_equal(centre, vocals + targets["accompaniment"])
+        np.testing.assert_array_equal(centre, targets["vocals"] + targets["accompaniment"])
     assert 0.2 < np.mean(swapped) < 0.8
 
 
@@ -121,26 +156,28 @@ def test_validation_windows_tile_every_song_exactly(tracks):
     assert len(vocals) == len(tracks) * windows_per_song
     for index in range(len(tracks)):
         song = vocals[index * windows_per_song:(index + 1) * windows_per_song].reshape(-1, 2)
-        np.testing.assert_allclose(song[:SONG_FRAMES], ramp_song(index)[0] / 4, atol=1e-7)
+        np.testing.assert_array_equal(song[:SONG_FRAMES], ramp_song(index)[0] / 4)
         assert not song[SONG_FRAMES:].any()
 
 
 def test_pitch_shift_changes_one_short_segment_of_the_input_only(tracks):
+    crop = CropSpec(RATE, RATE // 2)
     options = AugmentOptions(gain_range=None, swap_channels=False, pitch_shift_semitones=0.5)
-    mix, targets = batches(tracks, count=1, augmentation=options, crop=CropSpec(RATE, RATE // 2))[0]
-    clean = CropSpec(RATE, RATE // 2)
-    unshifted = batches(tracks, count=1, augmentation=NO_AUGMENTATION, crop=clean)[0]
-    np.testing.assert_array_equal(targets["vocals"], unshifted[1]["vocals"])
-    changed = np.abs(mix - unshifted[0]).max(axis=2) > 1e-4
+    mix, targets = batches(tracks, count=1, augmentation=options, crop=crop)[0]
+    unshifted_mix, unshifted_targets = batches(
+        tracks, count=1, augmentation=AugmentOptions(gain_range=None, swap_channels=False), crop=crop)[0]
+    for name in targets:
+        np.testing.assert_array_equal(targets[name], unshifted_targets[name])
+    changed = np.abs(mix - unshifted_mix).max(axis=2) > 1e-4
+    assert changed.any(axis=1).all()
     for row in changed:
-        if row.any():
-            span = np.flatnonzero(row)
-            assert span[-1] - span[0] + 1 <= 0.5 * RATE + 1
+        span = np.flatnonzero(row)
+        assert span[-1] - span[0] + 1 <= 0.5 * RATE + 1
 
 
 def test_shards_split_the_songs(tracks):
-    shards = [make_dataset(tracks, sample_rate=RATE, crop=CROP, training=False, num_shards=2, shard_index=i,
-                           augmentation=NO_AUGMENTATION) for i in range(2)]
+    shards = [make_dataset(tracks, sample_rate=RATE, crop=CROP, training=False, num_shards=5, shard_index=i,
+                           augmentation=NO_AUGMENTATION) for i in (0, 4)]
     counts = [sum(len(mix) for mix, _ in shard.as_numpy_iterator()) for shard in shards]
     windows_per_song = -(-SONG_FRAMES // CROP.output_length)
-    assert counts == [2 * windows_per_song, 1 * windows_per_song]
+    assert counts == [3 * windows_per_song, 2 * windows_per_song]

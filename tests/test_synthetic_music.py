@@ -1,4 +1,7 @@
-"""Synthetic songs: deterministic, well-formed stems, vocal phrasing, frequency overlap, variety, no aliasing."""
+"""Synthetic songs: deterministic, well-formed stems, vocal phrasing, frequency overlap, variety, no aliasing,
+and output tied to GENERATOR_VERSION."""
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -43,6 +46,32 @@ def off_harmonic_db(wave, f0, rate):
 
 def test_generator_version_is_an_int():
     assert isinstance(GENERATOR_VERSION, int)
+
+
+# (GENERATOR_VERSION, sha256 of fingerprint_songs()) as last recorded.
+FINGERPRINT = (2, "5d8ab08b0cdcd8ceee011c1d0c542f88e34fce4c8a230a9e32f6f7e0f77ec8be")
+
+
+def fingerprint_songs():
+    """Short songs at a low and a high rate (they oversample differently), as 16-bit PCM:
+    the generator computes in float64, so 16 bits hide CPU-dependent last bits."""
+    digest = hashlib.sha256()
+    for seed, rate in [(0, 8000), (1, 8000), (2, 8000), (3, 44100)]:
+        song = generate_song(seed, rate, duration=3.0)
+        for stem in ("vocals", "accompaniment"):
+            digest.update(np.round(song[stem] * 32767).astype("<i2").tobytes())
+    return digest.hexdigest()
+
+
+def test_generator_output_is_tied_to_its_version():
+    recorded_version, recorded_digest = FINGERPRINT
+    digest = fingerprint_songs()
+    if digest != recorded_digest:
+        assert GENERATOR_VERSION > recorded_version, (
+            "generate_song's output changed: bump GENERATOR_VERSION in data_pipeline/synthetic_music.py "
+            "(the synthetic song cache is keyed by it), then record the new checksum here")
+    assert (GENERATOR_VERSION, digest) == FINGERPRINT, (
+        f"record the checksum: FINGERPRINT = ({GENERATOR_VERSION}, {digest!r})")
 
 
 def test_same_seed_gives_identical_songs_and_different_seeds_differ():
