@@ -13,7 +13,9 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,45 +24,88 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, get_tracks  # noqa: E402
+from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, find_problems, get_tracks, \
+    load_track  # noqa: E402
 from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset  # noqa: E402
 from inference import load_checkpoint_weights, read_run_config  # noqa: E402
 from training.architectures import ARCHITECTURES  # noqa: E402
 from training.callbacks import ValidationExamples  # noqa: E402
-from training.strategy import choose_strategy, describe  # noqa: E402
+from training.checkpointing import ResumableBackup, StopAtStep, backup_progress  # noqa: E402
+from training.strategy import choose_strategy, cluster_role, describe, fix_keras_for_multi_worker  # noqa: E402
 
 # Training settings per named config; flags override them. "small" finishes in
-# minutes on a 2-core CPU; the paper configs use f90's batch size and learning rate.
+# minutes on a 2-core CPU. The paper configs take the first stage of f90's recipe
+# (batch 16, Adam 1e-4, validation every 2000 steps, patience 20); its second stage
+# is a fine-tune with --init-from, batch 32 and 1e-5 (README).
+F90_FIRST_STAGE = {"batch_size": 16, "learning_rate": 1e-4, "validate_every": 2000, "patience": 20}
 TRAINING_PRESETS = {
     "small": {"steps": 400, "batch_size": 8, "learning_rate": 5e-4, "validate_every": 200},
+    **{name: F90_FIRST_STAGE for name in ("M1", "M2", "M3", "M4", "M5", "M5-HighSR")},
 }
 TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8}
+TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed")
+DEFAULT_SYNTHETIC_SONGS = 90
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="waveunet", help="model architecture")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="model architecture (default: waveunet)")
     parser.add_argument("--config", help="named model configuration (Wave-U-Net: small, M1..M5, M5-HighSR; "
                                          "default: small)")
-    parser.add_argument("--dataset", choices=DATASETS, default="synthetic", help="training data (default: synthetic)")
+    parser.add_argument("--dataset", choices=DATASETS, help="training data (default: synthetic)")
     parser.add_argument("--data-root", help="dataset folder (every dataset but synthetic)")
     parser.add_argument("--run-dir", help="where config, checkpoints and logs go (default: runs/<arch>-<config>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last backup; "
-                                                            "settings come from RUN_DIR/config.json")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last backup with the settings "
+                                                            "in RUN_DIR/config.json; only --steps may change them")
     parser.add_argument("--init-from", metavar="RUN_DIR", help="start from the weights of another run's best "
                                                                "checkpoint (fine-tuning); its model config is used")
-    parser.add_argument("--steps", type=int, help="total optimizer steps")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (f90: 1e-4)")
-    parser.add_argument("--validate-every", type=int, help="steps between validations, backups and checkpoints")
-    parser.add_argument("--patience", type=int, help="validations without improvement before stopping early")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--synthetic-songs", type=int, default=90, help="synthetic training songs of 20 s")
+    parser.add_argument("--steps", type=int, help="total optimizer steps, exactly (small: 400)")
+    parser.add_argument("--batch-size", type=int, help="examples per step (small: 8; M1..M5: 16)")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (small: 5e-4; M1..M5: 1e-4 as f90)")
+    parser.add_argument("--validate-every", type=int, help="steps between validations, backups and checkpoints "
+                                                           "(small: 200; M1..M5: 2000)")
+    parser.add_argument("--patience", type=int, help="validations without improvement before stopping early "
+                                                     "(default: 20)")
+    parser.add_argument("--seed", type=int, help="seed of crops and augmentation (default: 0)")
+    parser.add_argument("--synthetic-songs", type=int, help=f"synthetic training songs of 20 s "
+                                                            f"(default: {DEFAULT_SYNTHETIC_SONGS})")
     parser.add_argument("--cache-dir", help="synthetic song cache (default: $WAVESEP_CACHE or ~/.cache/wavesep)")
     parser.add_argument("--no-cache", action="store_true", help="decode songs on every pass instead of keeping "
                                                                "them in memory (large datasets)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("steps", "batch_size", "validate_every", "synthetic_songs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.patience is not None and args.patience < 0:
+        parser.error("--patience must not be negative")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        parser.error("--learning-rate must be positive")
+    return args
+
+
+def write_run_config(run_dir: Path, run: dict) -> None:
+    (run_dir / "config.json").write_text(json.dumps(run, indent=2))
+
+
+def _resume_conflicts(args, run: dict) -> list[str]:
+    """Flags given with --resume that contradict the run's saved settings."""
+    saved = {"arch": run["arch"], "config": run["config_name"], "dataset": run["data"]["dataset"],
+             "data_root": run["data"]["data_root"], "cache_dir": run["data"]["cache_dir"],
+             "synthetic_songs": run["data"]["synthetic_songs"]["train"], "init_from": run["training"].get("init_from"),
+             **{key: run["training"].get(key) for key in TRAINING_FLAGS if key != "steps"}}
+    conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {value})"
+                 for key, value in saved.items() if getattr(args, key) is not None and getattr(args, key) != value]
+    if args.no_cache and run["training"]["cache"]:
+        conflicts.append("--no-cache (the run caches songs)")
+    if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
+        conflicts.append(f"--run-dir {args.run_dir} (resuming writes to {args.resume})")
+    return conflicts
 
 
 def resolve_run(args) -> tuple[Path, dict]:
@@ -71,11 +116,17 @@ def resolve_run(args) -> tuple[Path, dict]:
             run = read_run_config(run_dir)
         except FileNotFoundError as error:
             sys.exit(f"error: {error}")
-        if args.steps:  # the one setting a resumed run may change: how long it goes on
+        conflicts = _resume_conflicts(args, run)
+        if conflicts:
+            sys.exit(f"error: --resume {run_dir} keeps the settings in its config.json; only --steps may change. "
+                     f"Conflicting: {'; '.join(conflicts)}")
+        if args.steps and args.steps != run["training"]["steps"]:  # how long it goes on: applied and recorded
             run["training"]["steps"] = args.steps
+            write_run_config(run_dir, run)
         return run_dir, run
 
-    architecture = ARCHITECTURES[args.arch]
+    arch = args.arch or "waveunet"
+    architecture = ARCHITECTURES[arch]
     config_name = args.config or architecture.default_config
     if args.init_from:
         try:
@@ -84,12 +135,12 @@ def resolve_run(args) -> tuple[Path, dict]:
             sys.exit(f"error: --init-from {error}")
         arch, config_name, model = source["arch"], source["config_name"], source["model"]
     elif config_name not in architecture.configs:
-        sys.exit(f"error: unknown --config {config_name!r} for {args.arch}; choose one of "
+        sys.exit(f"error: unknown --config {config_name!r} for {arch}; choose one of "
                  f"{', '.join(architecture.configs)}")
     else:
-        arch, model = args.arch, architecture.configs[config_name].to_dict()
+        model = architecture.configs[config_name].to_dict()
     training = {**TRAINING_DEFAULTS, **TRAINING_PRESETS.get(config_name, {}), "init_from": args.init_from}
-    for key in ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed"):
+    for key in TRAINING_FLAGS:
         if getattr(args, key) is not None:
             training[key] = getattr(args, key)
     training["cache"] = not args.no_cache
@@ -97,13 +148,14 @@ def resolve_run(args) -> tuple[Path, dict]:
         "arch": arch,
         "config_name": config_name,
         "model": model,
-        "data": {"dataset": args.dataset, "data_root": args.data_root, "cache_dir": args.cache_dir,
-                 "synthetic_songs": {"train": args.synthetic_songs, "valid": 10, "test": 10}},
+        "data": {"dataset": args.dataset or "synthetic", "data_root": args.data_root, "cache_dir": args.cache_dir,
+                 "synthetic_songs": {"train": args.synthetic_songs or DEFAULT_SYNTHETIC_SONGS, "valid": 10,
+                                     "test": 10}},
         "training": training,
     }
     run_dir = Path(args.run_dir or f"runs/{arch}-{config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(run, indent=2))
+    write_run_config(run_dir, run)
     return run_dir, run
 
 
@@ -115,37 +167,58 @@ def load_tracks(run: dict, split: str, sample_rate: int):
                       synthetic=synthetic)
 
 
-def worker_shard(strategy: tf.distribute.Strategy) -> tuple[int, int]:
-    """(number of workers, this worker's index): each worker reads its own songs."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1, 0
-    return len(resolver.cluster_spec().as_dict().get("worker", [None])), resolver.task_id or 0
+def check_data(run: dict, sample_rate: int) -> dict:
+    """The train and valid tracks, every file checked (header, length, channels)
+    before the first step; all problems are reported together."""
+    tracks = {split: load_tracks(run, split, sample_rate) for split in ("train", "valid")}
+    problems = find_problems([track for split_tracks in tracks.values() for track in split_tracks])
+    if problems:
+        raise DatasetError(f"{len(problems)} problem(s) in the training data:\n  " + "\n  ".join(problems))
+    return tracks
 
 
-def fixed_excerpts(dataset: tf.data.Dataset, count: int):
-    """``count`` validation windows spread evenly over the validation set."""
-    windows = list(dataset.unbatch().as_numpy_iterator())
-    chosen = [windows[i] for i in np.linspace(0, len(windows) - 1, min(count, len(windows))).astype(int)]
-    mix = np.stack([mix for mix, _ in chosen])
-    return mix, {source: np.stack([targets[source] for _, targets in chosen]) for source in SOURCES}
+def run_seed(seed: int, worker: int, start_epoch: int) -> int:
+    """The data stream's seed: its own for each worker, and a new one after each
+    resume, so a resumed run does not replay the crops it has already seen."""
+    return int(np.random.SeedSequence([seed, worker, start_epoch]).generate_state(1)[0])
 
 
-def build_datasets(run: dict, model_config, crop: CropSpec, strategy):
+def fixed_excerpts(tracks, crop: CropSpec, sample_rate: int, channels: int, count: int):
+    """``count`` validation windows spread over the songs and over each song; only
+    one song is in memory at a time."""
+    per_track = np.array_split(np.arange(count), min(count, len(tracks)))
+    chosen_tracks = np.linspace(0, len(tracks) - 1, len(per_track)).round().astype(int)
+    mixes, targets = [], {source: [] for source in SOURCES}
+    for track_index, excerpts in zip(chosen_tracks, per_track):
+        audio = load_track(tracks[track_index], sample_rate, channels)
+        padded = {source: np.pad(audio[source], [(crop.context_left, crop.context_right), (0, 0)])
+                  for source in SOURCES}
+        song_length = len(audio["vocals"])
+        for position in (np.arange(len(excerpts)) + 1) / (len(excerpts) + 1):
+            start = int(np.clip(position * song_length - crop.output_length // 2, 0,
+                                max(0, song_length - crop.output_length)))
+            window = {source: padded[source][start:start + crop.input_length] for source in SOURCES}
+            window = {source: np.pad(w, [(0, crop.input_length - len(w)), (0, 0)]) for source, w in window.items()}
+            mixes.append(window["vocals"] + window["accompaniment"])
+            for source in SOURCES:
+                targets[source].append(window[source][crop.context_left:crop.context_left + crop.output_length])
+    return np.stack(mixes), {source: np.stack(windows) for source, windows in targets.items()}
+
+
+def build_datasets(run: dict, tracks: dict, model_config, crop: CropSpec, strategy, start_epoch: int):
     training = run["training"]
-    num_shards, shard_index = worker_shard(strategy)
+    role = cluster_role(strategy)
     common = dict(sample_rate=model_config.sample_rate, crop=crop, channels=model_config.channels,
-                  batch_size=training["batch_size"], seed=training["seed"], cache=training["cache"],
-                  num_shards=num_shards, shard_index=shard_index)
-    train = make_dataset(load_tracks(run, "train", model_config.sample_rate), training=True,
-                         crops_per_track=training["crops_per_track"], **common)
-    valid = make_dataset(load_tracks(run, "valid", model_config.sample_rate), training=False, **common)
-    # Counted once so Keras knows where a validation pass ends.
-    valid = valid.apply(tf.data.experimental.assert_cardinality(sum(1 for _ in valid)))
-    if num_shards > 1:  # the songs are already split between workers
-        policy = tf.data.experimental.AutoShardPolicy.OFF
+                  batch_size=training["batch_size"], cache=training["cache"])
+    # Each worker crops its own share of the songs; every worker validates on all of
+    # them, so all run the same number of validation steps (no collective waits).
+    train = make_dataset(tracks["train"], training=True, crops_per_track=training["crops_per_track"],
+                         seed=run_seed(training["seed"], role.index, start_epoch),
+                         num_shards=role.count, shard_index=role.index, **common)
+    valid = make_dataset(tracks["valid"], training=False, **common)
+    if role.count > 1:  # the songs are already split between workers
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = policy
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         train, valid = train.with_options(options), valid.with_options(options)
     return train, valid
 
@@ -153,6 +226,7 @@ def build_datasets(run: dict, model_config, crop: CropSpec, strategy):
 def build_model(run: dict, strategy):
     architecture = ARCHITECTURES[run["arch"]]
     model_config = architecture.config_from_dict(run["model"])
+    keras.utils.set_random_seed(run["training"]["seed"])  # the same initial weights for the same seed
     with strategy.scope():
         model = architecture.build(model_config)
         if run["training"].get("init_from"):
@@ -162,41 +236,67 @@ def build_model(run: dict, strategy):
     return model, model_config
 
 
-def make_callbacks(run_dir: Path, run: dict, model, valid, crop: CropSpec, sample_rate: int):
+def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: CropSpec, sample_rate: int):
+    """``output_dir`` is where this process writes: the run directory on the chief,
+    a scratch folder on the other workers (they still restore from the run's backup)."""
     training = run["training"]
-    checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
-    mix, targets = fixed_excerpts(valid, training["validation_excerpts"])
+    checkpoints = output_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    best = keras.callbacks.ModelCheckpoint(str(checkpoints / "best.keras"), monitor="val_loss", save_best_only=True)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"])
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
-        ValidationExamples(run_dir / "logs", mix, targets, crop, sample_rate),
+        ResumableBackup(output_dir / "backup", best, early_stopping, restore_dir=run_dir / "backup"),
+        ValidationExamples(output_dir / "logs", *excerpts, crop, sample_rate),
         # Keras only records when the step is a multiple of update_freq, epoch summaries
         # included, so it must divide the validation interval.
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=True,
+        keras.callbacks.TensorBoard(str(output_dir / "logs"), write_graph=True,
                                     update_freq=math.gcd(training["validate_every"], 50)),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "best.keras"), monitor="val_loss", save_best_only=True),
+        best,
         keras.callbacks.ModelCheckpoint(str(checkpoints / "last.keras")),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"]),
+        early_stopping,
+        StopAtStep(training["steps"]),
     ]
 
 
 def train(run_dir: Path, run: dict, strategy=None):
     strategy = strategy or choose_strategy()
+    role = cluster_role(strategy)
     print(f"Training {run['arch']} ({run['config_name']}) on {describe(strategy)}")
     model, model_config = build_model(run, strategy)
+    fix_keras_for_multi_worker(model, strategy)
     architecture = ARCHITECTURES[run["arch"]]
     crop = CropSpec(*architecture.input_length_for(model_config, model_config.num_frames))
-    train_data, valid_data = build_datasets(run, model_config, crop, strategy)
+    training = run["training"]
+    progress = backup_progress(run_dir / "backup")
+    if progress["step"] >= training["steps"]:
+        print(f"{run_dir} has already trained {progress['step']} of {training['steps']} steps; "
+              f"give --steps to train longer")
+        return model, None
+    tracks = check_data(run, model_config.sample_rate)
+    train_data, valid_data = build_datasets(run, tracks, model_config, crop, strategy, progress["epoch"])
+    excerpts = fixed_excerpts(tracks["valid"], crop, model_config.sample_rate, model_config.channels,
+                              training["validation_excerpts"])
     print(f"{model.count_params():,} parameters; crops of {crop.input_length} samples in, "
           f"{crop.output_length} out at {model_config.sample_rate} Hz")
-    print(f"Run directory: {run_dir}\nWatch it with: tensorboard --logdir {run_dir / 'logs'}")
-    training = run["training"]
-    epochs = -(-training["steps"] // training["validate_every"])
-    history = model.fit(train_data, validation_data=valid_data, epochs=epochs,
-                        steps_per_epoch=training["validate_every"], shuffle=False,
-                        callbacks=make_callbacks(run_dir, run, model, valid_data, crop, model_config.sample_rate),
-                        verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal, lines in a log
-    print(f"Done after {int(model.optimizer.iterations.numpy())} steps; best model: {run_dir / 'checkpoints' / 'best.keras'}")
+    output_dir = run_dir if role.is_chief else Path(tempfile.mkdtemp(prefix=f"worker{role.index}-"))
+    if role.is_chief:
+        print(f"Run directory: {run_dir}\nWatch it with: tensorboard --logdir {run_dir / 'logs'}")
+    # Whole validation intervals up to the last one, which StopAtStep may cut short.
+    epochs = progress["epoch"] + -(-(training["steps"] - progress["step"]) // training["validate_every"])
+    # The validation set is finite on purpose (its length is not counted ahead: that
+    # would take an extra pass), and the training stream never ends.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    try:
+        history = model.fit(train_data, validation_data=valid_data, epochs=epochs,
+                            steps_per_epoch=training["validate_every"], shuffle=False,
+                            callbacks=make_callbacks(run_dir, output_dir, run, excerpts, crop,
+                                                     model_config.sample_rate),
+                            verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal, lines in a log
+    except tf.errors.InvalidArgumentError as error:  # a file that only fails while decoding inside tf.data
+        problems = find_problems([t for split_tracks in tracks.values() for t in split_tracks], decode=True)
+        culprits = "\n  ".join(problems) or "(every file decodes in Python; TensorFlow said: " + error.message + ")"
+        raise DatasetError(f"decoding the training data failed:\n  {culprits}") from None
+    print(f"Done after {int(model.optimizer.iterations.numpy())} steps; best model: {output_dir / 'checkpoints' / 'best.keras'}")
     return model, history
 
 

@@ -1,6 +1,8 @@
-"""Which tf.distribute strategy a run uses: the engines TensorFlow already has."""
+"""Which tf.distribute strategy a run uses (the engines TensorFlow already has),
+and which part of the work falls to this process in a multi-worker cluster."""
 import json
 import os
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -16,6 +18,61 @@ def choose_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+@dataclass(frozen=True)
+class ClusterRole:
+    count: int  # training processes: the chief (if named) and the workers
+    index: int  # this process among them: the chief is 0, then worker 0, 1, ...
+    is_chief: bool  # the one that writes checkpoints, backups and logs
+
+
+def cluster_role(strategy: tf.distribute.Strategy) -> ClusterRole:
+    """This process's place in the cluster that TF_CONFIG describes (Vertex AI and
+    Kubernetes name a "chief" and "worker"s; without a chief, worker 0 leads)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec:
+        return ClusterRole(1, 0, True)
+    chiefs, workers = len(spec.get("chief", [])), len(spec.get("worker", []))
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    index = task_id if task_type == "chief" else chiefs + task_id
+    return ClusterRole(chiefs + workers, index, is_chief=index == 0)
+
+
 def describe(strategy: tf.distribute.Strategy) -> str:
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s) on {', '.join(d.name for d in devices)}"
+
+
+def fix_keras_for_multi_worker(model, strategy: tf.distribute.Strategy) -> None:
+    """Two places where Keras 3.15's TensorFlow trainer fails under
+    MultiWorkerMirroredStrategy, mended for this process:
+    - fit and evaluate build the model from their first batch with one
+      ``strategy.reduce`` over the whole ``(inputs, targets)`` structure, which this
+      strategy refuses; only the batch's shapes matter there, so this worker's first
+      replica's batch is used instead;
+    - each step's logs are averaged over workers with ``reduce(axis=0)``, which fails
+      on scalars; a plain cross-replica mean is what is meant."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(lambda value: strategy.experimental_local_results(value)[0],
+                                                   next(batches))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = symbolic_build
+    keras_reduce = keras_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy_, reduction="auto"):
+        if reduction not in ("auto", "mean") or strategy_ is not strategy:
+            return keras_reduce(values, strategy_, reduction)
+        return tf.nest.map_structure(
+            lambda value: strategy.reduce("MEAN", value, axis=None)
+            if isinstance(value, tf.distribute.DistributedValues) else value, values)
+
+    keras_trainer.reduce_per_replica = reduce_per_replica
