@@ -74,10 +74,10 @@ def examples_per_second(batches, batch_size: int, warmup: int, measured: int) ->
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sample-rate", type=int, default=22050)
+    parser.add_argument("--sample-rate", type=int, default=22050, help="rate of the songs (default: 22050)")
     parser.add_argument("--input-length", type=int, default=147443, help="crop fed to the model (f90 M4)")
     parser.add_argument("--output-length", type=int, default=16389, help="centred target length (f90 M4)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per batch (default: 16)")
     parser.add_argument("--crops-per-decode", type=int, default=8, help="crops taken from each decoded song")
     parser.add_argument("--songs", type=int, default=16, help="synthetic songs of 20 s read from disk")
     parser.add_argument("--batches", type=int, default=20, help="batches timed per contender")

@@ -106,8 +106,10 @@ def save_random_run(name: str, folder: Path) -> Path:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["small", "M4", "M5", "M5-HighSR"])
-    parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=["float32", "bfloat16"])
+    parser.add_argument("--configs", nargs="+", default=["small", "M4", "M5", "M5-HighSR"],
+                        help="Wave-U-Net configs to time, with random weights (default: small M4 M5 M5-HighSR)")
+    parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=["float32", "bfloat16"],
+                        help="precisions to time each config in (default: both)")
     parser.add_argument("--chunk-seconds", type=float, default=30.0, help="separate.py's default")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="length of the memory test file")
     parser.add_argument("--model", help="run directory for the memory test (default: the shipped pretrained "
