@@ -292,10 +292,11 @@ def train(run_dir: Path, run: dict, strategy=None):
                             callbacks=make_callbacks(run_dir, output_dir, run, excerpts, crop,
                                                      model_config.sample_rate),
                             verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal, lines in a log
-    except tf.errors.InvalidArgumentError as error:  # a file that only fails while decoding inside tf.data
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):  # e.g. a file broken after the check
         problems = find_problems([t for split_tracks in tracks.values() for t in split_tracks], decode=True)
-        culprits = "\n  ".join(problems) or "(every file decodes in Python; TensorFlow said: " + error.message + ")"
-        raise DatasetError(f"decoding the training data failed:\n  {culprits}") from None
+        if not problems:  # not the data's fault
+            raise
+        raise DatasetError("decoding the training data failed:\n  " + "\n  ".join(problems)) from None
     print(f"Done after {int(model.optimizer.iterations.numpy())} steps; best model: {output_dir / 'checkpoints' / 'best.keras'}")
     return model, history
 

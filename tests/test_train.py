@@ -336,3 +336,23 @@ def test_cluster_roles_count_the_chief():
     assert [role("worker", 0, workers_only), role("worker", 1, workers_only)] == [
         ClusterRole(2, 0, True), ClusterRole(2, 1, False)]
     assert cluster_role(train.choose_strategy()) == ClusterRole(1, 0, True)
+
+
+def test_a_file_that_fails_only_inside_tf_data_is_named(tmp_path, monkeypatch):
+    root = tmp_path / "stems"
+    for index in range(4):
+        write_stems(root / f"song{index}", seed=index)
+    broken = root / "song1" / "vocals.wav"
+    checked = train.check_data
+
+    def check_then_break(run, sample_rate):  # the file changes after the check, as on a flaky disk
+        tracks = checked(run, sample_rate)
+        broken.write_bytes(broken.read_bytes()[:3000])
+        return tracks
+
+    monkeypatch.setattr(train, "check_data", check_then_break)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--dataset", "folder", "--data-root", str(root), "--run-dir", str(tmp_path / "run"),
+                    "--steps", "4", "--validate-every", "2", "--batch-size", "2"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: decoding the training data failed") and str(broken) in message
