@@ -8,7 +8,6 @@ is the same as one pass over the whole song, with bounded memory and no seams.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import tensorflow as tf
 from data_pipeline.audio import convert_channels
 from data_pipeline.pipeline import SOURCES
 from models.framing import ChunkPlan
+from run_directory import RunDirectory
 from training.architectures import ARCHITECTURES
 
 
@@ -71,28 +71,6 @@ class Separator:
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
-def read_run_config(run_dir) -> dict:
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
-    return json.loads(config_path.read_text())
-
-
-def load_checkpoint_weights(model: keras.Model, run_dir) -> Path:
-    """Loads a run directory's best checkpoint (else its last) into ``model``; returns its path."""
-    run_dir = Path(run_dir)
-    checkpoints = [run_dir / "checkpoints" / name for name in ("best.keras", "last.keras")]
-    checkpoint = next((c for c in checkpoints if c.is_file()), None)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoints/best.keras or last.keras yet")
-    try:
-        model.load_weights(checkpoint)
-    except ValueError as error:
-        raise ValueError(f"{checkpoint} does not match the model described by {run_dir / 'config.json'}: "
-                         f"{error}") from None
-    return checkpoint
-
-
 def build_in_precision(build, config, precision: str) -> keras.Model:
     """``build(config)`` under the Keras dtype policy for ``precision``, leaving the global policy as it was."""
     previous_policy = keras.config.dtype_policy()
@@ -109,11 +87,12 @@ def load_separator(path, precision: str = "float32") -> Separator:
     ``precision="bfloat16"`` computes in bfloat16 with float32 weights (Keras'
     mixed_bfloat16 policy): faster on CPUs with AVX512-BF16/AMX and on GPUs, at
     bfloat16's ~3 significant digits."""
-    run = read_run_config(path)
+    run_directory = RunDirectory(path)
+    run = run_directory.read_config()
     architecture = ARCHITECTURES[run["arch"]]
     config = architecture.config_from_dict(run["model"])
     model = build_in_precision(architecture.build, config, precision)
-    checkpoint = load_checkpoint_weights(model, path)
+    checkpoint = run_directory.load_weights(model)
     return Separator(model, config, run["arch"], str(checkpoint))
 
 

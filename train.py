@@ -1,15 +1,14 @@
 """Train a separator: python train.py --arch waveunet [--config small] [--dataset synthetic] ...
 
-A run directory holds everything about a run:
+A run directory (run_directory.py) holds everything about a run:
     config.json        the resolved configuration (the model can be rebuilt from it)
     checkpoints/       best.keras (lowest validation loss) and last.keras
-    backup/            Keras BackupAndRestore state, for --resume after a crash or kill
+    backup/            the training state, for --resume after a crash or kill
     logs/              TensorBoard: losses, learning rate, validation SDR, audio, spectrograms, graph
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -27,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, find_problems, get_tracks, \
     load_track  # noqa: E402
 from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset  # noqa: E402
-from inference import load_checkpoint_weights, read_run_config  # noqa: E402
+from run_directory import RunDirectory  # noqa: E402
 from training.architectures import ARCHITECTURES  # noqa: E402
 from training.callbacks import ValidationExamples  # noqa: E402
 from training.checkpointing import ResumableBackup, StopAtStep, backup_progress  # noqa: E402
@@ -89,10 +88,6 @@ def parse_args(argv=None):
     return args
 
 
-def write_run_config(run_dir: Path, run: dict) -> None:
-    (run_dir / "config.json").write_text(json.dumps(run, indent=2))
-
-
 def _resume_conflicts(args, run: dict) -> list[str]:
     """Flags given with --resume that contradict the run's saved settings."""
     saved = {"arch": run["arch"], "config": run["config_name"], "dataset": run["data"]["dataset"],
@@ -113,7 +108,7 @@ def resolve_run(args) -> tuple[Path, dict]:
     if args.resume:
         run_dir = Path(args.resume)
         try:
-            run = read_run_config(run_dir)
+            run = RunDirectory(run_dir).read_config()
         except FileNotFoundError as error:
             sys.exit(f"error: {error}")
         conflicts = _resume_conflicts(args, run)
@@ -122,7 +117,7 @@ def resolve_run(args) -> tuple[Path, dict]:
                      f"Conflicting: {'; '.join(conflicts)}")
         if args.steps and args.steps != run["training"]["steps"]:  # how long it goes on: applied and recorded
             run["training"]["steps"] = args.steps
-            write_run_config(run_dir, run)
+            RunDirectory(run_dir).write_config(run)
         return run_dir, run
 
     arch = args.arch or "waveunet"
@@ -130,7 +125,7 @@ def resolve_run(args) -> tuple[Path, dict]:
     config_name = args.config or architecture.default_config
     if args.init_from:
         try:
-            source = read_run_config(args.init_from)
+            source = RunDirectory(args.init_from).read_config()
         except FileNotFoundError as error:
             sys.exit(f"error: --init-from {error}")
         arch, config_name, model = source["arch"], source["config_name"], source["model"]
@@ -154,8 +149,7 @@ def resolve_run(args) -> tuple[Path, dict]:
         "training": training,
     }
     run_dir = Path(args.run_dir or f"runs/{arch}-{config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, run)
+    RunDirectory(run_dir).write_config(run)
     return run_dir, run
 
 
@@ -230,7 +224,7 @@ def build_model(run: dict, strategy):
     with strategy.scope():
         model = architecture.build(model_config)
         if run["training"].get("init_from"):
-            print(f"Starting from {load_checkpoint_weights(model, run['training']['init_from'])}")
+            print(f"Starting from {RunDirectory(run['training']['init_from']).load_weights(model)}")
         model.compile(optimizer=keras.optimizers.Adam(run["training"]["learning_rate"]),
                       loss={source: "mse" for source in SOURCES})
     return model, model_config
@@ -240,19 +234,19 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
     """``output_dir`` is where this process writes: the run directory on the chief,
     a scratch folder on the other workers (they still restore from the run's backup)."""
     training = run["training"]
-    checkpoints = output_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    best = keras.callbacks.ModelCheckpoint(str(checkpoints / "best.keras"), monitor="val_loss", save_best_only=True)
+    outputs = RunDirectory(output_dir)
+    outputs.checkpoints.mkdir(parents=True, exist_ok=True)
+    best = keras.callbacks.ModelCheckpoint(str(outputs.best_checkpoint), monitor="val_loss", save_best_only=True)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"])
     return [
-        ResumableBackup(output_dir / "backup", best, early_stopping, restore_dir=run_dir / "backup"),
-        ValidationExamples(output_dir / "logs", *excerpts, crop, sample_rate),
+        ResumableBackup(outputs.backup, best, early_stopping, restore_dir=RunDirectory(run_dir).backup),
+        ValidationExamples(outputs.logs, *excerpts, crop, sample_rate),
         # Keras only records when the step is a multiple of update_freq, epoch summaries
         # included, so it must divide the validation interval.
-        keras.callbacks.TensorBoard(str(output_dir / "logs"), write_graph=True,
+        keras.callbacks.TensorBoard(str(outputs.logs), write_graph=True,
                                     update_freq=math.gcd(training["validate_every"], 50)),
         best,
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "last.keras")),
+        keras.callbacks.ModelCheckpoint(str(outputs.last_checkpoint)),
         early_stopping,
         StopAtStep(training["steps"]),
     ]
@@ -267,7 +261,7 @@ def train(run_dir: Path, run: dict, strategy=None):
     architecture = ARCHITECTURES[run["arch"]]
     crop = CropSpec(*architecture.input_length_for(model_config, model_config.num_frames))
     training = run["training"]
-    progress = backup_progress(run_dir / "backup")
+    progress = backup_progress(RunDirectory(run_dir).backup)
     if progress["step"] >= training["steps"]:
         print(f"{run_dir} has already trained {progress['step']} of {training['steps']} steps; "
               f"give --steps to train longer")
@@ -280,7 +274,7 @@ def train(run_dir: Path, run: dict, strategy=None):
           f"{crop.output_length} out at {model_config.sample_rate} Hz")
     output_dir = run_dir if role.is_chief else Path(tempfile.mkdtemp(prefix=f"worker{role.index}-"))
     if role.is_chief:
-        print(f"Run directory: {run_dir}\nWatch it with: tensorboard --logdir {run_dir / 'logs'}")
+        print(f"Run directory: {run_dir}\nWatch it with: tensorboard --logdir {RunDirectory(run_dir).logs}")
     # Whole validation intervals up to the last one, which StopAtStep may cut short.
     epochs = progress["epoch"] + -(-(training["steps"] - progress["step"]) // training["validate_every"])
     # The validation set is finite on purpose (its length is not counted ahead: that
@@ -297,7 +291,7 @@ def train(run_dir: Path, run: dict, strategy=None):
         if not problems:  # not the data's fault
             raise
         raise DatasetError("decoding the training data failed:\n  " + "\n  ".join(problems)) from None
-    print(f"Done after {int(model.optimizer.iterations.numpy())} steps; best model: {output_dir / 'checkpoints' / 'best.keras'}")
+    print(f"Done after {int(model.optimizer.iterations.numpy())} steps; best model: {RunDirectory(output_dir).best_checkpoint}")
     return model, history
 
 

@@ -14,7 +14,6 @@ Then the peak RSS of separate.py separating a 10-minute stereo file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from inference import PRECISIONS, Separator, build_in_precision, separate_song  # noqa: E402
 from models.waveunet import CONFIGS, build_waveunet, chunk_plan, input_length_for  # noqa: E402
+from run_directory import RunDirectory  # noqa: E402
 
 CLIP_RATE = 44100
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -98,9 +98,10 @@ def peak_rss_of_long_separation(minutes: float, model_dir: Path, scratch: Path) 
 
 
 def save_random_run(name: str, folder: Path) -> Path:
-    (folder / "checkpoints").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"arch": "waveunet", "model": CONFIGS[name].to_dict()}))
-    build_waveunet(CONFIGS[name]).save(folder / "checkpoints" / "last.keras")
+    run_directory = RunDirectory(folder)
+    run_directory.write_config({"arch": "waveunet", "model": CONFIGS[name].to_dict()})
+    run_directory.checkpoints.mkdir()
+    build_waveunet(CONFIGS[name]).save(run_directory.last_checkpoint)
     return folder
 
 

@@ -1,6 +1,5 @@
 """separate.py and inference.py: any rate, length and channel count in, the same out;
 chunked equals one pass; bad files are named and skipped."""
-import json
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import separate
 from data_pipeline.audio import load_audio
 from inference import SongSeparation, load_separator, separate_song
 from models.waveunet import WaveUNetConfig, build_waveunet
+from run_directory import RunDirectory
 
 TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference", channels=2,
                       sample_rate=8000, num_frames=1024)
@@ -17,10 +17,10 @@ TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_
 
 def make_run_dir(path, config=TINY):
     """A run directory holding an untrained (random) model: enough to test the plumbing."""
-    (path / "checkpoints").mkdir(parents=True)
-    run = {"arch": "waveunet", "config_name": "tiny", "model": config.to_dict()}
-    (path / "config.json").write_text(json.dumps(run))
-    build_waveunet(config).save(path / "checkpoints" / "last.keras")
+    run_directory = RunDirectory(path)
+    run_directory.write_config({"arch": "waveunet", "config_name": "tiny", "model": config.to_dict()})
+    run_directory.checkpoints.mkdir()
+    build_waveunet(config).save(run_directory.last_checkpoint)
     return path
 
 
@@ -119,7 +119,7 @@ def test_model_that_does_not_match_its_config_is_a_clear_error(run_dir, tmp_path
     other = tmp_path / "mismatch"
     make_run_dir(other)
     bigger = WaveUNetConfig(**{**TINY.to_dict(), "num_initial_filters": 12})
-    (other / "config.json").write_text(json.dumps({"arch": "waveunet", "model": bigger.to_dict()}))
+    RunDirectory(other).write_config({"arch": "waveunet", "model": bigger.to_dict()})
     assert separate.main([str(tmp_path / "x.wav"), "--model", str(other)]) == 2
     assert "does not match the model described by" in capsys.readouterr().err
 

@@ -18,6 +18,7 @@ import train
 from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset
 from inference import load_separator
 from models.waveunet import WaveUNetConfig, input_length_for
+from run_directory import RunDirectory
 from training.metrics import best_gain_estimates
 from tests.test_separate import TINY, make_run_dir
 
@@ -37,8 +38,7 @@ def write_run(run_dir: Path, cache_dir: Path, steps: int, validate_every: int) -
         "training": {**train.TRAINING_DEFAULTS, "steps": steps, "batch_size": 4, "learning_rate": 3e-3,
                      "validate_every": validate_every, "validation_excerpts": 2},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(run))
+    RunDirectory(run_dir).write_config(run)
     return run
 
 
@@ -68,17 +68,17 @@ def test_training_beats_the_best_constant_gain_and_fills_the_run_directory(tmp_p
                            batch_size=4, seed=123).take(16).cache()
     model_loss, constant_gain_loss = model.evaluate(batches, verbose=0)[0], best_constant_gain_loss(batches)
     assert model_loss < 0.7 * constant_gain_loss, (model_loss, constant_gain_loss)  # measured: 0.42 (0.38-0.57 over seeds 0-2)
-    best = keras.saving.load_model(run_dir / "checkpoints" / "best.keras")
+    best = keras.saving.load_model(RunDirectory(run_dir).best_checkpoint)
     mix = np.random.default_rng(0).uniform(-0.1, 0.1, (1, model.input_shape[1] or 10000, 2)).astype(np.float32)
     np.testing.assert_allclose(best.predict(mix, verbose=0)["vocals"], best(mix)["vocals"].numpy(), atol=1e-6)
     assert "val_sdr_vocals" in history.history
-    train_tags, examples = logged_tags(run_dir / "logs" / "train"), logged_tags(run_dir / "logs" / "validation_examples")
+    train_tags, examples = logged_tags(RunDirectory(run_dir).logs / "train"), logged_tags(RunDirectory(run_dir).logs / "validation_examples")
     assert {"epoch_loss", "epoch_learning_rate", "keras"} <= set(train_tags["tensors"])
     assert {"sdr/vocals", "sdr_best_gain_baseline/vocals", "sdr_mixture_baseline/vocals", "sdr/accompaniment", "reference_vocals/example_0",
             "estimate_vocals/example_0", "estimate_vocals_spectrogram/example_0", "mixture/example_0"} <= set(
         examples["tensors"])
     assert examples["graph"]
-    assert "epoch_sdr_vocals" in logged_tags(run_dir / "logs" / "validation")["tensors"]
+    assert "epoch_sdr_vocals" in logged_tags(RunDirectory(run_dir).logs / "validation")["tensors"]
 
 
 def logged_tags(log_dir: Path) -> dict:
@@ -107,7 +107,7 @@ def run_training_process(run_dir: Path) -> subprocess.Popen:
 def test_a_killed_run_resumes_from_its_last_backup(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=400, validate_every=10)
-    metadata = run_dir / "backup" / "training_metadata.json"
+    metadata = RunDirectory(run_dir).backup / "training_metadata.json"
     process = run_training_process(run_dir)
     deadline = time.monotonic() + 240
     while not (metadata.exists() and json.loads(metadata.read_text())["epoch"] >= 1):
@@ -172,7 +172,7 @@ def test_steps_are_exact_and_the_last_short_interval_still_validates(tmp_path):
     assert len(history.history["val_loss"]) == 3  # 10 + 10 + 5 steps, each validated
     model, history = resume(run_dir, "--steps", "32")  # longer: recorded in config.json
     assert int(model.optimizer.iterations.numpy()) == 32 and len(history.history["val_loss"]) == 1
-    assert json.loads((run_dir / "config.json").read_text())["training"]["steps"] == 32
+    assert RunDirectory(run_dir).read_config()["training"]["steps"] == 32
     model, history = resume(run_dir)  # nothing left to do
     assert history is None
 
@@ -181,7 +181,7 @@ def test_resume_falls_back_to_the_previous_backup_when_the_newest_is_corrupt(tmp
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=20, validate_every=10)
     resume(run_dir)
-    backup = run_dir / "backup"
+    backup = RunDirectory(run_dir).backup
     previous = json.loads((backup / "training_metadata.json.bkp").read_text())
     assert previous["epoch"] == 1 and previous["step"] == 10
     # As if killed while writing the newest backup: both files half-written.
@@ -195,18 +195,18 @@ def test_resume_falls_back_to_the_previous_backup_when_the_newest_is_corrupt(tmp
 def test_resume_keeps_the_best_loss_and_the_patience_count(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=20, validate_every=10)
-    run = json.loads((run_dir / "config.json").read_text())
+    run = RunDirectory(run_dir).read_config()
     run["training"]["patience"] = 3
-    (run_dir / "config.json").write_text(json.dumps(run))
+    RunDirectory(run_dir).write_config(run)
     resume(run_dir)
-    metadata_path = run_dir / "backup" / "training_metadata.json"
+    metadata_path = RunDirectory(run_dir).backup / "training_metadata.json"
     metadata = json.loads(metadata_path.read_text())
     saved = metadata["callbacks"]
     assert saved["best"] == saved["early_stopping_best"] and saved["best"] > 0
     # Pretend the run before the kill had reached an unbeatable loss two validations ago.
     metadata["callbacks"].update(best=1e-12, early_stopping_best=1e-12, early_stopping_wait=2)
     metadata_path.write_text(json.dumps(metadata))
-    best_file = run_dir / "checkpoints" / "best.keras"
+    best_file = RunDirectory(run_dir).best_checkpoint
     best_before = best_file.read_bytes()
     model, history = resume(run_dir, "--steps", "60")
     assert len(history.history["loss"]) == 1  # the third validation without improvement stops it
@@ -292,7 +292,7 @@ def free_ports(count: int) -> list[int]:
 def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
-    train.load_tracks(json.loads((run_dir / "config.json").read_text()), "train", 8000)  # songs generated once
+    train.load_tracks(RunDirectory(run_dir).read_config(), "train", 8000)  # songs generated once
     chief, worker = (f"127.0.0.1:{port}" for port in free_ports(2))
     processes = []
     for task_type in ("chief", "worker"):
@@ -314,9 +314,9 @@ def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path):
         assert "steps 6 validations 2" in output
     weights = [next(line for line in output.splitlines() if line.startswith("weights")) for output in outputs]
     assert weights[0] == weights[1]  # the workers stayed in step
-    assert (run_dir / "checkpoints" / "best.keras").is_file() and (run_dir / "logs").is_dir()
+    assert RunDirectory(run_dir).best_checkpoint.is_file() and RunDirectory(run_dir).logs.is_dir()
     scratch = list(tmp_path.glob("worker1-*"))  # the worker wrote its files outside the run directory
-    assert len(scratch) == 1 and (scratch[0] / "checkpoints" / "last.keras").is_file()
+    assert len(scratch) == 1 and RunDirectory(scratch[0]).last_checkpoint.is_file()
 
 
 def test_cluster_roles_count_the_chief():
