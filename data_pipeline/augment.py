@@ -1,19 +1,23 @@
-"""Augmentations applied inside tf.data, each driven by a stateless seed so a
-seeded run repeats exactly, whatever the parallelism.
+"""Augmentation options for both input pipelines, and the augmentations applied
+inside tf.data, each driven by a stateless seed so a seeded run repeats exactly,
+whatever the parallelism. The numpy loader (``numpy_loader.py``) applies the same
+options with numpy; ``shift_segment_numpy`` serves both.
 
 Sources follow the seed facts: A = mix, B = vocals, C = accompaniment, and the
 remix draws newA = B*f0 + C*f1 with f0, f1 ~ U[0.7, 1.0] and scales the labels
 the same way, so mix = vocals + accompaniment still holds exactly. The
-cross-song remix (drawing C from another song, done while cropping in
-``pipeline.make_dataset``) makes mixes no recording holds, multiplying the
-mixes a small dataset offers.
+cross-song remix (drawing C from another song, done while cropping, in
+``pipeline.make_dataset`` and ``numpy_loader.TrainingLoader``) makes mixes no
+recording holds, multiplying the mixes a small dataset offers.
+
+TensorFlow is imported inside the tf.data functions only, so that hosts without
+it (``KERAS_BACKEND=jax``) can import the options and the numpy function.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 
 @dataclass(frozen=True)
@@ -33,17 +37,23 @@ class AugmentOptions:
 
 def remix(vocals, accompaniment, seed, gain_range=(0.7, 1.0)):
     """Scales each source by its own random gain (the labels are these scaled sources)."""
+    import tensorflow as tf
+
     gains = tf.random.stateless_uniform([2], seed, minval=gain_range[0], maxval=gain_range[1])
     return vocals * gains[0], accompaniment * gains[1]
 
 
 def swap_channels(seed, *stereo_signals):
     """Swaps left and right of every signal together, with probability 1/2."""
+    import tensorflow as tf
+
     swap = tf.random.stateless_uniform([], seed) < 0.5
     return tuple(tf.cond(swap, lambda s=s: tf.reverse(s, axis=[-1]), lambda s=s: s) for s in stereo_signals)
 
 
-def _shift_segment_numpy(audio, sample_rate, start, length, semitones):
+def shift_segment_numpy(audio, sample_rate, start, length, semitones):
+    """``audio`` (float32 ``[time, channels]``) with ``length`` samples from ``start``
+    shifted by ``semitones`` (librosa)."""
     import librosa  # only the pitch-shift augmentation needs it
 
     shifted = audio.copy()
@@ -57,13 +67,15 @@ def _shift_segment_numpy(audio, sample_rate, start, length, semitones):
 def pitch_shift_segment(audio, seed, sample_rate: int, max_semitones: float, seconds=(0.25, 0.5)):
     """Pitch-shifts one random segment (``seconds`` long, clipped to the audio)
     by a random amount in [-max_semitones, max_semitones] (librosa, in Python)."""
+    import tensorflow as tf
+
     length_seed, start_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     total = tf.shape(audio)[0]
     length = tf.minimum(total, tf.cast(
         tf.random.stateless_uniform([], length_seed, seconds[0], seconds[1]) * sample_rate, tf.int32))
     start = tf.random.stateless_uniform([], start_seed, 0, total - length + 1, dtype=tf.int32)
     semitones = tf.random.stateless_uniform([], shift_seed, -max_semitones, max_semitones)
-    shifted = tf.numpy_function(_shift_segment_numpy, [audio, sample_rate, start, length, semitones],
+    shifted = tf.numpy_function(shift_segment_numpy, [audio, sample_rate, start, length, semitones],
                                 tf.float32, stateful=False)
     return tf.ensure_shape(shifted, audio.shape)
 

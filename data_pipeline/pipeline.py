@@ -12,37 +12,14 @@ song can be a target, as in f90's Wave-U-Net.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tensorflow as tf
 
 from data_pipeline import augment
 from data_pipeline.audio import DECODE_PYTHON, audio_info, decode_in_graph, in_graph_decoder, is_stem_file
+from data_pipeline.crops import SOURCES, CropSpec
 from data_pipeline.datasets import Track
 
 AUTOTUNE = tf.data.AUTOTUNE
-SOURCES = ("vocals", "accompaniment")
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """Model geometry: samples in, samples out; the difference is context, split
-    evenly (the extra sample, if odd, goes to the right)."""
-
-    input_length: int
-    output_length: int
-
-    def __post_init__(self):
-        if not 0 < self.output_length <= self.input_length:
-            raise ValueError(f"need 0 < output_length <= input_length, got {self}")
-
-    @property
-    def context_left(self) -> int:
-        return (self.input_length - self.output_length) // 2
-
-    @property
-    def context_right(self) -> int:
-        return self.input_length - self.output_length - self.context_left
 
 
 def _file_table(tracks: list[Track], source: str, sample_rate: int):
@@ -151,7 +128,7 @@ def _example(vocals, accompaniment, crop: CropSpec, channels: int, sample_rate: 
 def _evaluation_windows(vocals, accompaniment, crop: CropSpec):
     """Consecutive windows whose outputs tile the whole song (the last one zero-padded)."""
     length = tf.shape(vocals)[0]
-    count = (length + crop.output_length - 1) // crop.output_length
+    count = crop.windows_to_cover(length)
     padded_length = count * crop.output_length + crop.input_length - crop.output_length
     starts = tf.range(count) * crop.output_length
 

@@ -1,49 +1,16 @@
 """The tf.data pipeline: shapes, exact crop arithmetic, augmentation invariants, determinism."""
 import numpy as np
 import pytest
-import soundfile as sf
 
 from data_pipeline.augment import AugmentOptions
-from data_pipeline.datasets import get_tracks
 from data_pipeline.pipeline import CropSpec, make_dataset
-
-RATE = 8000
-SONG_FRAMES = 3 * RATE
-SONGS = 12  # more than a batch, so a batch can hold every example from a different song
-NO_AUGMENTATION = AugmentOptions(gain_range=None, cross_song_probability=0.0, swap_channels=False)
-STEP = 1 / (2 * SONG_FRAMES) / 4  # the stored vocals' rise per sample
-
-
-def ramp_song(index):
-    """Both sources tell their song and position: vocals rise from index to index + 0.5,
-    the accompaniment falls from index + 1 to index + 0.75 at half that slope; each
-    right channel is half its left one, so a channel swap shows."""
-    position = (np.arange(SONG_FRAMES) + 1) / (2 * SONG_FRAMES)
-    vocals, accompaniment = index + position, index + 1 - position / 2
-    return tuple(np.stack([left, 0.5 * left], axis=1).astype(np.float32) for left in (vocals, accompaniment))
-
-
-def song_of(left_channel):
-    """The song index each example's (stored, unscaled) left channel comes from."""
-    indices = np.floor(4 * left_channel).astype(int)
-    assert (indices == indices[:, :1]).all()
-    return indices[:, 0]
+from tests.ramp_songs import (CROP, NO_AUGMENTATION, RATE, SONG_FRAMES, STEP, WINDOWS_PER_SONG, ramp_song, song_of,
+                              write_ramp_tracks)
 
 
 @pytest.fixture(scope="module")
 def tracks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ramps")
-    for index in range(SONGS):
-        vocals, accompaniment = ramp_song(index)
-        song = root / "train" / f"song{index:02d}"
-        song.mkdir(parents=True)
-        # FLOAT WAV keeps the ramp exact (decoded through the Python path).
-        sf.write(song / "vocals.wav", vocals / 4, RATE, subtype="FLOAT")
-        sf.write(song / "accompaniment.wav", accompaniment / 4, RATE, subtype="FLOAT")
-    return get_tracks("folder", "train", data_root=root)
-
-
-CROP = CropSpec(input_length=1001, output_length=600)
+    return write_ramp_tracks(tmp_path_factory.mktemp("ramps"))
 
 
 def batches(tracks, count=4, **options):
@@ -152,10 +119,9 @@ def test_validation_windows_tile_every_song_exactly(tracks):
     examples = list(make_dataset(tracks, sample_rate=RATE, crop=CROP, batch_size=7, training=False,
                                  augmentation=NO_AUGMENTATION).as_numpy_iterator())
     vocals = np.concatenate([targets["vocals"] for _, targets in examples])
-    windows_per_song = -(-SONG_FRAMES // CROP.output_length)
-    assert len(vocals) == len(tracks) * windows_per_song
+    assert len(vocals) == len(tracks) * WINDOWS_PER_SONG
     for index in range(len(tracks)):
-        song = vocals[index * windows_per_song:(index + 1) * windows_per_song].reshape(-1, 2)
+        song = vocals[index * WINDOWS_PER_SONG:(index + 1) * WINDOWS_PER_SONG].reshape(-1, 2)
         np.testing.assert_array_equal(song[:SONG_FRAMES], ramp_song(index)[0] / 4)
         assert not song[SONG_FRAMES:].any()
 
@@ -179,5 +145,4 @@ def test_shards_split_the_songs(tracks):
     shards = [make_dataset(tracks, sample_rate=RATE, crop=CROP, training=False, num_shards=5, shard_index=i,
                            augmentation=NO_AUGMENTATION) for i in (0, 4)]
     counts = [sum(len(mix) for mix, _ in shard.as_numpy_iterator()) for shard in shards]
-    windows_per_song = -(-SONG_FRAMES // CROP.output_length)
-    assert counts == [3 * windows_per_song, 2 * windows_per_song]
+    assert counts == [3 * WINDOWS_PER_SONG, 2 * WINDOWS_PER_SONG]

@@ -1,0 +1,259 @@
+"""The input pipeline in numpy, for hosts without TensorFlow (``KERAS_BACKEND=jax``):
+``keras.utils.PyDataset``s that ``model.fit`` takes on any backend.
+
+``TrainingLoader`` gives what ``pipeline.make_dataset(training=True)`` gives:
+batches of ``(mix [B, input_length, C], {"vocals": [B, output_length, C],
+"accompaniment": [B, output_length, C]})``, float32, random crops of songs
+zero-padded by the context, songs taken in a new random order each pass,
+``songs_in_flight`` of them cropped in turn, ``crops_per_track`` crops each, and
+the augmentations of ``AugmentOptions`` (cross-song remix, per-source gains,
+stereo swap, pitch shift). ``ValidationLoader`` gives what
+``make_dataset(training=False)`` gives: consecutive unaugmented windows whose
+outputs tile every song. Same parameters and invariants as tf.data, not the same
+random numbers.
+
+Every example is a pure function of the seed and its place in the endless
+stream of examples, so a batch depends only on (seed, epoch, batch index): the
+same whatever the number of workers, whether threads or processes, or the order
+in which they build batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+
+from data_pipeline.augment import AugmentOptions, shift_segment_numpy
+from data_pipeline.crops import SOURCES, CropSpec
+from data_pipeline.datasets import Track, load_track
+
+# First entropy word after the seed: keeps the song-order and crop random streams apart.
+_SONG_ORDER, _CROP = 0, 1
+
+
+def _decode(track: Track, sample_rate: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    # Without its mixture file, a track reads as tf.data reads it: vocals and accompaniment only.
+    audio = load_track(dataclasses.replace(track, mixture=()), sample_rate, channels)
+    return audio["vocals"], audio["accompaniment"]
+
+
+def _in_threads(function, items) -> list:
+    # Decoding spends its time in libsndfile, soxr and ffmpeg, which release the GIL.
+    with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1)) as pool:
+        return list(pool.map(function, items))
+
+
+class _Songs:
+    """Decoded ``(vocals, accompaniment)`` of each track, float32 ``[time, channels]``:
+    all decoded up front and kept (``cache=True``), or decoded when asked for,
+    keeping the ``keep`` most recently used ones. Safe to use from several threads."""
+
+    def __init__(self, tracks: list[Track], sample_rate: int, channels: int, cache: bool, keep: int):
+        self._tracks, self._sample_rate, self._channels, self._keep = tracks, sample_rate, channels, keep
+        # Decoded in the constructor, so that forked worker processes share the songs.
+        self._all = _in_threads(self._decode, range(len(tracks))) if cache else None
+        self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return _decode(self._tracks[index], self._sample_rate, self._channels)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._all is not None:
+            return self._all[index]
+        with self._lock:
+            if index in self._recent:
+                self._recent.move_to_end(index)
+                return self._recent[index]
+        song = self._decode(index)  # outside the lock, so that threads decode in parallel
+        with self._lock:
+            self._recent[index] = song
+            while len(self._recent) > self._keep:
+                self._recent.popitem(last=False)
+        return song
+
+    def lengths(self) -> list[int]:
+        """Each song's length; uncached, this decodes every song once."""
+        if self._all is not None:
+            return [len(vocals) for vocals, _ in self._all]
+        return _in_threads(lambda index: len(self._decode(index)[0]), range(len(self._tracks)))
+
+
+def _window(song: np.ndarray, start: int, crop: CropSpec) -> np.ndarray:
+    """``padded[start:start + input_length]``, ``padded`` being the song with
+    ``context_left`` zeros before it and as many zeros after it as the window needs."""
+    window = np.zeros((crop.input_length, song.shape[1]), np.float32)
+    first = start - crop.context_left  # in song samples
+    begin, end = max(first, 0), min(first + crop.input_length, len(song))
+    if end > begin:
+        window[begin - first:end - first] = song[begin:end]
+    return window
+
+
+def _start_count(song_length: int, crop: CropSpec) -> int:
+    """Window starts in a song padded as make_dataset pads it (context on both sides,
+    and zeros up to one output for a song shorter than that)."""
+    return max(song_length, crop.output_length) - crop.output_length + 1
+
+
+def _centre(window: np.ndarray, crop: CropSpec) -> np.ndarray:
+    return window[crop.context_left:crop.context_left + crop.output_length]
+
+
+def _batch(examples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``[(mix, vocals, accompaniment), ...]`` -> ``(mixes, {source: targets})``."""
+    mixes, *targets = (np.stack(column) for column in zip(*examples))
+    return mixes, dict(zip(SOURCES, targets))
+
+
+def _tracks_of_shard(tracks: list[Track], channels: int, num_shards: int, shard_index: int) -> list[Track]:
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, not {channels}")
+    tracks = tracks[shard_index::num_shards]
+    if not tracks:
+        raise ValueError("no tracks to build a dataset from")
+    return tracks
+
+
+class TrainingLoader(keras.utils.PyDataset):
+    """Endless random crops, augmented, in epochs of ``steps_per_epoch`` batches.
+
+    Parameters as in ``make_dataset``: songs are decoded at ``sample_rate`` with
+    ``channels`` channels (a mono model gets the downmix), all of them in the
+    constructor with ``cache=True``; ``cache=False`` decodes them when cropped and
+    keeps the ``2 * songs_in_flight`` most recently cropped in memory (a song gives
+    its crops over about ``songs_in_flight * crops_per_track`` consecutive examples).
+    ``num_shards``/``shard_index`` take every ``num_shards``-th song, for one worker
+    of a multi-worker run. ``seed`` is a non-negative int.
+
+    The examples form one endless stream: each pass over the songs takes them in a
+    new random order; ``songs_in_flight`` consecutive songs give one crop each in
+    turn, ``crops_per_track`` times, then the next ones take their turn, so a batch
+    holds crops of many songs. Each song lends its accompaniment to the song after
+    it for the cross-song remix. Epoch ``e`` is batches ``e * steps_per_epoch`` to
+    ``(e + 1) * steps_per_epoch - 1`` of that stream; ``epoch`` starts at 0 and
+    ``on_epoch_end`` (which ``model.fit`` calls, also once before its first epoch)
+    moves on to the next one. ``steps_per_epoch`` defaults to one pass's worth,
+    ``len(tracks) * crops_per_track // batch_size`` (at least 1); give ``model.fit``
+    the same ``steps_per_epoch``, or none.
+
+    ``workers``, ``use_multiprocessing``, ``max_queue_size``: how ``model.fit``
+    builds batches ahead (``keras.utils.PyDataset``); the batches are the same
+    for any of them. Threads share the decoded songs; forked processes share
+    the cached songs until they write to them, which they do not.
+    """
+
+    def __init__(self, tracks: list[Track], *, sample_rate: int, crop: CropSpec, channels: int = 2,
+                 batch_size: int = 16, seed: int = 0, cache: bool = True, crops_per_track: int = 8,
+                 augmentation: AugmentOptions = AugmentOptions(), num_shards: int = 1, shard_index: int = 0,
+                 songs_in_flight: int = 16, steps_per_epoch: int | None = None, workers: int = 1,
+                 use_multiprocessing: bool = False, max_queue_size: int = 10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        if min(songs_in_flight, crops_per_track, batch_size, 1 if steps_per_epoch is None else steps_per_epoch) < 1:
+            raise ValueError(f"songs_in_flight, crops_per_track, batch_size and steps_per_epoch must be at least 1, "
+                             f"not {songs_in_flight}, {crops_per_track}, {batch_size} and {steps_per_epoch}")
+        self.tracks = _tracks_of_shard(tracks, channels, num_shards, shard_index)
+        self.sample_rate, self.crop, self.channels, self.batch_size = sample_rate, crop, channels, batch_size
+        self.seed, self.crops_per_track, self.augmentation = seed, crops_per_track, augmentation
+        self.songs_in_flight = min(songs_in_flight, len(self.tracks))
+        self.steps_per_epoch = steps_per_epoch or max(1, len(self.tracks) * crops_per_track // batch_size)
+        self.epoch = 0
+        self._songs = _Songs(self.tracks, sample_rate, channels, cache, keep=2 * self.songs_in_flight)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"batch {index} of an epoch of {self.steps_per_epoch}")
+        first = (self.epoch * self.steps_per_epoch + index) * self.batch_size
+        return _batch([self._example(number) for number in range(first, first + self.batch_size)])
+
+    def _track_at(self, position: int) -> int:
+        """The track at ``position`` of the endless sequence of songs, pass after pass."""
+        pass_number, place = divmod(position, len(self.tracks))
+        order = np.random.default_rng([self.seed, _SONG_ORDER, pass_number]).permutation(len(self.tracks))
+        return int(order[place])
+
+    def _example(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Example ``number`` of the stream: ``(mix, vocals target, accompaniment target)``."""
+        group, place = divmod(number, self.songs_in_flight * self.crops_per_track)
+        crop_number, slot = divmod(place, self.songs_in_flight)
+        song_number = group * self.songs_in_flight + slot
+        # The song at position 0 only lends its accompaniment, as in make_dataset.
+        track, donor = self._track_at(song_number + 1), self._track_at(song_number)
+        # Uniform draws first, in a fixed order, so that each draw keeps its value whatever the options.
+        generator = np.random.default_rng([self.seed, _CROP, song_number, crop_number])
+        cross_song_draw, vocals_gain, accompaniment_gain, swap_draw, segment_draw, semitones_draw = generator.random(6)
+        options, crop = self.augmentation, self.crop
+        vocals, accompaniment = self._songs[track]
+        start = generator.integers(_start_count(len(vocals), crop))
+        vocals = _window(vocals, start, crop)
+        if cross_song_draw < options.cross_song_probability and donor != track:
+            donor_accompaniment = self._songs[donor][1]
+            donor_start = generator.integers(_start_count(len(donor_accompaniment), crop))
+            accompaniment = _window(donor_accompaniment, donor_start, crop)
+        else:
+            accompaniment = _window(accompaniment, start, crop)
+        if options.gain_range is not None:
+            low, high = options.gain_range
+            vocals *= np.float32(low + (high - low) * vocals_gain)
+            accompaniment *= np.float32(low + (high - low) * accompaniment_gain)
+        if options.swap_channels and self.channels == 2 and swap_draw < 0.5:
+            vocals, accompaniment = vocals[:, ::-1], accompaniment[:, ::-1]
+        mix = vocals + accompaniment
+        if options.pitch_shift_semitones > 0:
+            # As in UMT: only the input is distorted; the targets stay clean.
+            shortest, longest = options.pitch_shift_seconds
+            length = min(crop.input_length, int((shortest + (longest - shortest) * segment_draw) * self.sample_rate))
+            mix = shift_segment_numpy(mix, self.sample_rate, generator.integers(crop.input_length - length + 1), length,
+                                      options.pitch_shift_semitones * (2 * semitones_draw - 1))
+        return mix, _centre(vocals, crop), _centre(accompaniment, crop)
+
+
+class ValidationLoader(keras.utils.PyDataset):
+    """One pass of consecutive, unaugmented windows whose outputs tile every song
+    (the last one zero-padded), song after song in track order, in batches of
+    ``batch_size`` (the last one may be smaller): ``make_dataset(training=False)``.
+
+    With ``cache=True`` the songs are decoded in the constructor and kept;
+    uncached, the constructor decodes each song once to count its windows and
+    batches decode the songs they need, keeping the last two. The other
+    parameters are ``TrainingLoader``'s.
+    """
+
+    def __init__(self, tracks: list[Track], *, sample_rate: int, crop: CropSpec, channels: int = 2,
+                 batch_size: int = 16, cache: bool = True, num_shards: int = 1, shard_index: int = 0,
+                 workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.tracks = _tracks_of_shard(tracks, channels, num_shards, shard_index)
+        self.crop, self.batch_size = crop, batch_size
+        self._songs = _Songs(self.tracks, sample_rate, channels, cache, keep=2)
+        # first_window[i]: the number of song i's first window; the last entry counts them all.
+        self._first_window = np.cumsum([0] + [crop.windows_to_cover(length) for length in self._songs.lengths()])
+
+    def __len__(self) -> int:
+        return -(-int(self._first_window[-1]) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        first = index * self.batch_size
+        numbers = range(first, min(first + self.batch_size, int(self._first_window[-1])))
+        return _batch([self._example(number) for number in numbers])
+
+    def _example(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        song = int(np.searchsorted(self._first_window, number, side="right")) - 1
+        start = (number - int(self._first_window[song])) * self.crop.output_length
+        vocals, accompaniment = (_window(source, start, self.crop) for source in self._songs[song])
+        return vocals + accompaniment, _centre(vocals, self.crop), _centre(accompaniment, self.crop)

@@ -1,0 +1,307 @@
+"""The numpy loader beside the tf.data pipeline: the same batches' shapes, crop
+arithmetic and augmentation invariants on both paths; the numpy loader's own
+determinism; training on it under TensorFlow and, without TensorFlow, under JAX."""
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras.src.trainers.epoch_iterator import EpochIterator  # what model.fit iterates a PyDataset with
+
+from data_pipeline.augment import AugmentOptions
+from data_pipeline.numpy_loader import TrainingLoader, ValidationLoader
+from data_pipeline.pipeline import CropSpec, make_dataset
+from models.waveunet import WaveUNetConfig, build_waveunet, input_length_for
+from tests.ramp_songs import (CROP, NO_AUGMENTATION, RATE, SONG_FRAMES, STEP, WINDOWS_PER_SONG, ramp_song, song_of,
+                              write_ramp_tracks)
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SETTINGS = dict(sample_rate=RATE, crop=CROP, batch_size=8, crops_per_track=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tracks(tmp_path_factory):
+    return write_ramp_tracks(tmp_path_factory.mktemp("ramps"))
+
+
+def tf_batches(tracks, count=4, **options):
+    return list(make_dataset(tracks, **{**SETTINGS, **options}).take(count).as_numpy_iterator())
+
+
+def numpy_batches(tracks, count=4, **options):
+    loader = TrainingLoader(tracks, **{**SETTINGS, **options}, steps_per_epoch=count)
+    return [loader[index] for index in range(count)]
+
+
+def tf_validation(tracks, **options):
+    return list(make_dataset(tracks, sample_rate=RATE, crop=CROP, training=False, **options).as_numpy_iterator())
+
+
+def numpy_validation(tracks, **options):
+    return list(ValidationLoader(tracks, sample_rate=RATE, crop=CROP, **options))
+
+
+@pytest.fixture(params=[tf_batches, numpy_batches], ids=["tf.data", "numpy"])
+def batches(request):
+    return request.param
+
+
+@pytest.fixture(params=[tf_validation, numpy_validation], ids=["tf.data", "numpy"])
+def validation(request):
+    return request.param
+
+
+def centre(mix):
+    return mix[:, CROP.context_left:CROP.context_left + CROP.output_length]
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_shapes_and_dtypes(tracks, batches, channels):
+    for mix, targets in batches(tracks, count=2, channels=channels):
+        assert mix.shape == (8, 1001, channels) and mix.dtype == np.float32
+        assert set(targets) == {"vocals", "accompaniment"}
+        for target in targets.values():
+            assert target.shape == (8, 600, channels) and target.dtype == np.float32
+
+
+def test_mono_models_get_the_downmix(tracks, batches):
+    stereo, mono = (batches(tracks, count=2, channels=channels, augmentation=NO_AUGMENTATION) for channels in (2, 1))
+    for (_, stereo_targets), (mono_mix, mono_targets) in zip(stereo, mono):
+        for name in mono_targets:
+            np.testing.assert_array_equal(mono_targets[name], stereo_targets[name].mean(axis=-1, keepdims=True))
+        np.testing.assert_array_equal(centre(mono_mix), mono_targets["vocals"] + mono_targets["accompaniment"])
+
+
+def test_mix_is_exactly_the_sum_of_the_labels_after_augmentation(tracks, batches):
+    for mix, targets in batches(tracks):
+        np.testing.assert_array_equal(centre(mix), targets["vocals"] + targets["accompaniment"])
+
+
+def test_crops_are_contiguous_windows_aligned_with_the_input(tracks, batches):
+    for mix, targets in batches(tracks, augmentation=NO_AUGMENTATION):
+        vocals = targets["vocals"][..., 0]
+        # Two float32 roundings of values below 4 differ by at most 2.4e-7.
+        np.testing.assert_allclose(np.diff(vocals, axis=1), STEP, atol=2.5e-7)
+        accompaniment = targets["accompaniment"][..., 0]
+        np.testing.assert_allclose(np.diff(accompaniment, axis=1), -STEP / 2, atol=2.5e-7)
+        np.testing.assert_array_equal(centre(mix)[..., 0], vocals + accompaniment)
+
+
+def test_a_batch_draws_from_many_songs(tracks, batches):
+    distinct = [len(set(song_of(targets["vocals"][..., 0])))
+                for _, targets in batches(tracks, count=6, crops_per_track=8, augmentation=NO_AUGMENTATION)]
+    # A song can come round again only where one pass over the songs meets the next.
+    assert min(distinct) >= 6 and np.mean(distinct) >= 7, distinct
+
+
+# 64 examples: the binomial spread at p = 0.5 is 0.06; at p = 1 a song lends to itself
+# only where one pass over the songs meets the next and the same song ends one and starts the other.
+@pytest.mark.parametrize("probability, fewest, most", [(0.0, 0.0, 0.0), (0.5, 0.3, 0.7), (1.0, 0.9, 1.0)])
+def test_cross_song_remix_takes_the_accompaniment_of_another_song(tracks, batches, probability, fewest, most):
+    options = AugmentOptions(gain_range=None, cross_song_probability=probability, swap_channels=False)
+    vocals_songs, accompaniment_songs = [], []
+    for mix, targets in batches(tracks, count=8, augmentation=options):
+        vocals_songs.extend(song_of(targets["vocals"][..., 0]))
+        accompaniment_songs.extend(song_of(targets["accompaniment"][..., 0]))
+        np.testing.assert_array_equal(centre(mix), targets["vocals"] + targets["accompaniment"])
+    crossed = np.mean(np.array(vocals_songs) != np.array(accompaniment_songs))
+    assert fewest <= crossed <= most
+
+
+def test_remix_gains_lie_in_range_and_differ_between_sources(tracks, batches):
+    options = AugmentOptions(gain_range=(0.7, 1.0), swap_channels=False)
+    vocals_gains, accompaniment_gains = [], []
+    for _, targets in batches(tracks, count=8, augmentation=options):
+        # The ramps' slopes are known, so each window's end-to-end rise gives its gain.
+        rise = (CROP.output_length - 1) * STEP
+        vocals_gains.extend((targets["vocals"][:, -1, 0] - targets["vocals"][:, 0, 0]) / rise)
+        accompaniment = targets["accompaniment"][..., 0]
+        accompaniment_gains.extend((accompaniment[:, 0] - accompaniment[:, -1]) / (rise / 2))
+    gains = np.array([vocals_gains, accompaniment_gains])
+    # float32 rounding of values below 4 over a rise of 0.0016 (accompaniment): at most 3e-4 of the gain.
+    assert gains.min() >= 0.7 - 3e-4 and gains.max() <= 1.0 + 3e-4
+    assert gains.std(axis=1).min() > 0.05  # U[0.7, 1] has a spread of 0.087
+    assert abs(np.corrcoef(gains)[0, 1]) < 0.5  # independent: 64 pairs give |r| ~ 0.13
+
+
+def test_channel_swap_moves_every_signal_together(tracks, batches):
+    options = AugmentOptions(gain_range=None, swap_channels=True)
+    swapped = []
+    for mix, targets in batches(tracks, count=6, augmentation=options):
+        # Every stored left channel is twice its right one.
+        swapped_vocals, swapped_accompaniment = (targets[name][..., 1].sum(axis=1) > targets[name][..., 0].sum(axis=1)
+                                                 for name in ("vocals", "accompaniment"))
+        np.testing.assert_array_equal(swapped_vocals, swapped_accompaniment)
+        swapped.extend(swapped_vocals)
+        np.testing.assert_array_equal(centre(mix), targets["vocals"] + targets["accompaniment"])
+    assert 0.2 < np.mean(swapped) < 0.8
+
+
+def test_seeded_runs_repeat_and_seeds_differ(tracks, batches):
+    first, again, other = batches(tracks, seed=5), batches(tracks, seed=5), batches(tracks, seed=6)
+    for (mix_a, _), (mix_b, _) in zip(first, again):
+        np.testing.assert_array_equal(mix_a, mix_b)
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+def test_uncached_songs_give_the_same_examples(tracks, batches):
+    cached, uncached = batches(tracks, count=2), batches(tracks, count=2, cache=False)
+    for (mix_a, _), (mix_b, _) in zip(cached, uncached):
+        np.testing.assert_array_equal(mix_a, mix_b)
+
+
+def test_pitch_shift_changes_one_short_segment_of_the_input_only(tracks, batches):
+    crop = CropSpec(RATE, RATE // 2)
+    options = AugmentOptions(gain_range=None, swap_channels=False, pitch_shift_semitones=0.5)
+    mix, targets = batches(tracks, count=1, augmentation=options, crop=crop)[0]
+    unshifted_mix, unshifted_targets = batches(
+        tracks, count=1, augmentation=AugmentOptions(gain_range=None, swap_channels=False), crop=crop)[0]
+    for name in targets:
+        np.testing.assert_array_equal(targets[name], unshifted_targets[name])
+    changed = np.abs(mix - unshifted_mix).max(axis=2) > 1e-4
+    assert changed.any(axis=1).all()
+    for row in changed:
+        span = np.flatnonzero(row)
+        assert span[-1] - span[0] + 1 <= 0.5 * RATE + 1
+
+
+def test_validation_windows_tile_every_song_exactly(tracks, validation):
+    examples = validation(tracks, batch_size=7)
+    assert [len(mix) for mix, _ in examples[:-1]] == [7] * (len(examples) - 1)
+    vocals = np.concatenate([targets["vocals"] for _, targets in examples])
+    assert len(vocals) == len(tracks) * WINDOWS_PER_SONG
+    for index in range(len(tracks)):
+        song = vocals[index * WINDOWS_PER_SONG:(index + 1) * WINDOWS_PER_SONG].reshape(-1, 2)
+        np.testing.assert_array_equal(song[:SONG_FRAMES], ramp_song(index)[0] / 4)
+        assert not song[SONG_FRAMES:].any()
+    for mix, targets in examples:
+        np.testing.assert_array_equal(centre(mix), targets["vocals"] + targets["accompaniment"])
+
+
+def test_validation_shards_split_the_songs(tracks, validation):
+    counts = [sum(len(mix) for mix, _ in validation(tracks, num_shards=5, shard_index=index)) for index in (0, 4)]
+    assert counts == [3 * WINDOWS_PER_SONG, 2 * WINDOWS_PER_SONG]
+
+
+# --- the numpy loader alone -----------------------------------------------------------
+
+
+def test_uncached_validation_gives_the_same_windows(tracks):
+    cached, uncached = (numpy_validation(tracks[:3], batch_size=16, cache=cache) for cache in (True, False))
+    assert len(cached) == len(uncached)
+    for (mix_a, _), (mix_b, _) in zip(cached, uncached):
+        np.testing.assert_array_equal(mix_a, mix_b)
+
+
+def test_batches_depend_on_seed_epoch_and_index_only(tracks):
+    loader = TrainingLoader(tracks, **SETTINGS, steps_per_epoch=4)
+    in_order = [loader[index] for index in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # built at once, in any order
+        backwards = list(pool.map(loader.__getitem__, reversed(range(4))))[::-1]
+    for (mix_a, _), (mix_b, _) in zip(in_order, backwards):
+        np.testing.assert_array_equal(mix_a, mix_b)
+    loader.on_epoch_end()
+    next_epoch = [loader[index][0] for index in range(4)]
+    assert not any(np.array_equal(mix, earlier) for mix in next_epoch for earlier, _ in in_order)
+
+
+def fit_batches(loader, epochs):
+    """The batches ``model.fit(loader, epochs=epochs)`` trains on, in order."""
+    iterator = EpochIterator(x=loader, shuffle=False)
+    iterator.reset()  # as fit does before its first epoch
+    seen = []
+    for _ in range(epochs):
+        with iterator.catch_stop_iteration():
+            for _, _, batch_list in iterator:
+                seen.extend(mix for mix, _ in batch_list)
+    return seen
+
+
+def test_fit_sees_the_same_batches_whatever_the_workers(tracks):
+    one, three = (fit_batches(TrainingLoader(tracks, **SETTINGS, steps_per_epoch=3, workers=workers), epochs=2)
+                  for workers in (1, 3))
+    assert len(one) == len(three) == 6
+    for mix_a, mix_b in zip(one, three):
+        np.testing.assert_array_equal(mix_a, mix_b)
+    assert not any(np.array_equal(one[index], one[index + 3]) for index in range(3))  # epochs do not repeat
+
+
+# --- training on it -------------------------------------------------------------------
+
+TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference", channels=2,
+                      sample_rate=RATE, num_frames=1024)
+
+
+def test_a_model_trains_on_the_numpy_loader(tracks):
+    crop = CropSpec(*input_length_for(TINY, TINY.num_frames))
+    keras.utils.set_random_seed(0)
+    model = build_waveunet(TINY, crop.input_length)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={"vocals": "mse", "accompaniment": "mse"})
+    before = [weight.copy() for weight in model.get_weights()]
+    loader = TrainingLoader(tracks, sample_rate=RATE, crop=crop, batch_size=4, steps_per_epoch=2)
+    history = model.fit(loader, validation_data=ValidationLoader(tracks[:1], sample_rate=RATE, crop=crop),
+                        epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 4
+    assert np.isfinite(history.history["loss"]).all() and np.isfinite(history.history["val_loss"]).all()
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def run_without_tensorflow(code: str, *arguments) -> str:
+    """Runs ``code`` in a fresh Python under ``KERAS_BACKEND=jax`` where importing
+    TensorFlow (or tensorflow-io) fails, as on a host that lacks it."""
+    blocker = "import sys; sys.modules.update(dict.fromkeys(['tensorflow', 'tensorflow_io'], None))\n"
+    result = subprocess.run([sys.executable, "-c", blocker + code, *arguments], cwd=REPOSITORY,
+                            env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def ramp_root(tracks) -> str:
+    return str(Path(tracks[0].vocals[0].path).parents[2])
+
+
+def test_the_loaders_need_no_tensorflow(tracks):
+    output = run_without_tensorflow("""
+import sys
+from data_pipeline.augment import AugmentOptions
+from data_pipeline.crops import SOURCES, CropSpec
+from data_pipeline.datasets import get_tracks
+from data_pipeline.numpy_loader import TrainingLoader, ValidationLoader
+
+tracks = get_tracks("folder", "train", data_root=sys.argv[1])
+mix, targets = TrainingLoader(tracks, sample_rate=8000, crop=CropSpec(1001, 600), batch_size=4,
+                              augmentation=AugmentOptions(pitch_shift_semitones=0.5))[0]
+valid_mix, _ = ValidationLoader(tracks, sample_rate=8000, crop=CropSpec(1001, 600))[0]
+print(mix.shape, *(targets[name].shape for name in SOURCES), valid_mix.shape)
+""", ramp_root(tracks))
+    assert output.split("\n")[0] == "(4, 1001, 2) (4, 600, 2) (4, 600, 2) (16, 1001, 2)"
+
+
+def test_a_model_trains_under_jax_without_tensorflow(tracks):
+    output = run_without_tensorflow(f"""
+import sys
+import keras
+import numpy as np
+from data_pipeline.crops import CropSpec
+from data_pipeline.datasets import get_tracks
+from data_pipeline.numpy_loader import TrainingLoader, ValidationLoader
+from models.waveunet import WaveUNetConfig, build_waveunet, input_length_for
+
+assert keras.backend.backend() == "jax"
+config = WaveUNetConfig(**{TINY.to_dict()!r})
+crop = CropSpec(*input_length_for(config, config.num_frames))
+tracks = get_tracks("folder", "train", data_root=sys.argv[1])
+keras.utils.set_random_seed(0)
+model = build_waveunet(config, crop.input_length)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={{"vocals": "mse", "accompaniment": "mse"}})
+loader = TrainingLoader(tracks, sample_rate=config.sample_rate, crop=crop, batch_size=4, steps_per_epoch=2, workers=2)
+history = model.fit(loader, validation_data=ValidationLoader(tracks[:1], sample_rate=config.sample_rate, crop=crop),
+                    epochs=2, verbose=0)
+print(int(model.optimizer.iterations), np.isfinite(history.history["loss"] + history.history["val_loss"]).all())
+""", ramp_root(tracks))
+    assert output.split("\n")[0] == "4 True"
