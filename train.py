@@ -4,7 +4,11 @@ A run directory (run_directory.py) holds everything about a run:
     config.json        the resolved configuration (the model can be rebuilt from it)
     checkpoints/       best.keras (lowest validation loss) and last.keras
     backup/            the training state, for --resume after a crash or kill
-    logs/              TensorBoard: losses, learning rate, validation SDR, audio, spectrograms, graph
+    logs/              TensorBoard: losses, learning rate, validation SDR, audio, spectrograms, graph;
+                       metrics.csv: the same scalars on every backend
+
+Any Keras 3 backend trains: TensorFlow (default) with the tf.data pipeline, or
+e.g. KERAS_BACKEND=jax on a host without TensorFlow, with the numpy loader.
 """
 from __future__ import annotations
 
@@ -21,16 +25,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
+from data_pipeline.audio import AudioError  # noqa: E402
+from data_pipeline.crops import SOURCES, CropSpec  # noqa: E402
 from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, find_problems, get_tracks, \
     load_track  # noqa: E402
-from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 from training.architectures import ARCHITECTURES  # noqa: E402
-from training.callbacks import ValidationExamples  # noqa: E402
-from training.checkpointing import ResumableBackup, StopAtStep, backup_progress  # noqa: E402
-from training.strategy import choose_strategy, cluster_role, describe, fix_keras_for_multi_worker  # noqa: E402
+from training.callbacks import TorchScalarWriter, ValidationExamples  # noqa: E402
+from training.checkpointing import ResumableBackup, StopAtStep, backup_progress, optimizer_step  # noqa: E402
+from training.strategy import choose_strategy, cluster_role, describe, fix_keras_for_multi_worker, \
+    strategy_scope  # noqa: E402
+
+# The tf.data pipeline where TensorFlow runs the model; the numpy loader elsewhere.
+USES_TF_DATA = keras.backend.backend() == "tensorflow"
 
 # Training settings per named config; flags override them. "small" finishes in
 # minutes on a 2-core CPU. The paper configs take the first stage of f90's recipe
@@ -204,11 +212,23 @@ def build_datasets(run: dict, tracks: dict, model_config, crop: CropSpec, strate
     role = cluster_role(strategy)
     common = dict(sample_rate=model_config.sample_rate, crop=crop, channels=model_config.channels,
                   batch_size=training["batch_size"], cache=training["cache"])
+    training_common = dict(crops_per_track=training["crops_per_track"],
+                           seed=run_seed(training["seed"], role.index, start_epoch),
+                           num_shards=role.count, shard_index=role.index)
+    if not USES_TF_DATA:
+        from data_pipeline.numpy_loader import TrainingLoader, ValidationLoader
+
+        threads = dict(workers=min(4, os.cpu_count() or 1), use_multiprocessing=False)
+        return (TrainingLoader(tracks["train"], steps_per_epoch=training["validate_every"], **training_common,
+                               **common, **threads),
+                ValidationLoader(tracks["valid"], **common, **threads))
+    import tensorflow as tf
+
+    from data_pipeline.pipeline import make_dataset
+
     # Each worker crops its own share of the songs; every worker validates on all of
     # them, so all run the same number of validation steps (no collective waits).
-    train = make_dataset(tracks["train"], training=True, crops_per_track=training["crops_per_track"],
-                         seed=run_seed(training["seed"], role.index, start_epoch),
-                         num_shards=role.count, shard_index=role.index, **common)
+    train = make_dataset(tracks["train"], training=True, **training_common, **common)
     valid = make_dataset(tracks["valid"], training=False, **common)
     if role.count > 1:  # the songs are already split between workers
         options = tf.data.Options()
@@ -221,7 +241,7 @@ def build_model(run: dict, strategy):
     architecture = ARCHITECTURES[run["arch"]]
     model_config = architecture.config_from_dict(run["model"])
     keras.utils.set_random_seed(run["training"]["seed"])  # the same initial weights for the same seed
-    with strategy.scope():
+    with strategy_scope(strategy):
         model = architecture.build(model_config)
         if run["training"].get("init_from"):
             print(f"Starting from {RunDirectory(run['training']['init_from']).load_weights(model)}")
@@ -238,18 +258,33 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
     outputs.checkpoints.mkdir(parents=True, exist_ok=True)
     best = keras.callbacks.ModelCheckpoint(str(outputs.best_checkpoint), monitor="val_loss", save_best_only=True)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"])
+    outputs.logs.mkdir(parents=True, exist_ok=True)
+    if USES_TF_DATA:
+        # Keras only records when the step is a multiple of update_freq, epoch summaries
+        # included, so it must divide the validation interval.
+        tensorboard = [keras.callbacks.TensorBoard(str(outputs.logs), write_graph=True,
+                                                   update_freq=math.gcd(training["validate_every"], 50))]
+    else:
+        tensorboard = [TorchScalarWriter(outputs.logs)] if TorchScalarWriter.available() else []
     return [
         ResumableBackup(outputs.backup, best, early_stopping, restore_dir=RunDirectory(run_dir).backup),
         ValidationExamples(outputs.logs, *excerpts, crop, sample_rate),
-        # Keras only records when the step is a multiple of update_freq, epoch summaries
-        # included, so it must divide the validation interval.
-        keras.callbacks.TensorBoard(str(outputs.logs), write_graph=True,
-                                    update_freq=math.gcd(training["validate_every"], 50)),
+        *tensorboard,
+        keras.callbacks.CSVLogger(str(outputs.logs / "metrics.csv"), append=True),
         best,
         keras.callbacks.ModelCheckpoint(str(outputs.last_checkpoint)),
         early_stopping,
         StopAtStep(training["steps"]),
     ]
+
+
+def decoding_errors() -> tuple:
+    """What a file that fails to decode raises inside the input pipeline."""
+    if not USES_TF_DATA:
+        return AudioError, ValueError
+    import tensorflow as tf
+
+    return AudioError, tf.errors.InvalidArgumentError, tf.errors.UnknownError
 
 
 def train(run_dir: Path, run: dict, strategy=None):
@@ -286,12 +321,12 @@ def train(run_dir: Path, run: dict, strategy=None):
                             callbacks=make_callbacks(run_dir, output_dir, run, excerpts, crop,
                                                      model_config.sample_rate),
                             verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal, lines in a log
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):  # e.g. a file broken after the check
+    except decoding_errors():  # e.g. a file broken after the check
         problems = find_problems([t for split_tracks in tracks.values() for t in split_tracks], decode=True)
         if not problems:  # not the data's fault
             raise
         raise DatasetError("decoding the training data failed:\n  " + "\n  ".join(problems)) from None
-    print(f"Done after {int(model.optimizer.iterations.numpy())} steps; best model: {RunDirectory(output_dir).best_checkpoint}")
+    print(f"Done after {optimizer_step(model)} steps; best model: {RunDirectory(output_dir).best_checkpoint}")
     return model, history
 
 

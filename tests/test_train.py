@@ -356,3 +356,35 @@ def test_a_file_that_fails_only_inside_tf_data_is_named(tmp_path, monkeypatch):
                     "--steps", "4", "--validate-every", "2", "--batch-size", "2"])
     message = str(exit_info.value.code)
     assert message.startswith("error: decoding the training data failed") and str(broken) in message
+
+
+JAX_TRAINING_SCRIPT = """
+import sys
+sys.modules["tensorflow"] = None  # as on a GPU host that has JAX and no TensorFlow
+import numpy as np
+import train
+from run_directory import RunDirectory
+model, history = train.train(*train.resolve_run(train.parse_args(["--resume", sys.argv[1]])))
+import keras
+best = keras.saving.load_model(RunDirectory(sys.argv[1]).checkpoint())  # what every tool loads
+np.save(sys.argv[3], np.asarray(best.predict(np.load(sys.argv[2]), verbose=0)["vocals"]))
+print("steps", train.optimizer_step(model), "validations", len(history.history["val_loss"]))
+"""
+
+
+def test_training_under_jax_without_tensorflow_loads_under_tensorflow(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
+    mix = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 4000, 2)).astype(np.float32)
+    np.save(tmp_path / "mix.npy", mix)
+    result = subprocess.run([sys.executable, "-c", JAX_TRAINING_SCRIPT, str(run_dir), str(tmp_path / "mix.npy"),
+                             str(tmp_path / "vocals.npy")], cwd=REPOSITORY, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "on jax on " in result.stdout and "steps 6 validations 2" in result.stdout
+    run_directory = RunDirectory(run_dir)
+    assert run_directory.best_checkpoint.is_file() and (run_directory.logs / "metrics.csv").is_file()
+    header = (run_directory.logs / "metrics.csv").read_text().splitlines()[0]
+    assert "val_sdr_gain_vocals" in header
+    under_tensorflow = load_separator(run_dir).model.predict(mix, verbose=0)["vocals"]
+    np.testing.assert_allclose(under_tensorflow, np.load(tmp_path / "vocals.npy"), atol=1e-5)

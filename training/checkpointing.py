@@ -96,7 +96,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         metadata = {
             "epoch": self._current_epoch,
             "batch": self._last_batch_seen,
-            "step": int(self.model.optimizer.iterations.numpy()),
+            "step": optimizer_step(self.model),
             "callbacks": {
                 "best": _plain(self.best_checkpoint.best),
                 "early_stopping_best": _plain(self.early_stopping.best),
@@ -108,6 +108,11 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         staging = metadata_path.with_name(metadata_path.name + ".partial")
         staging.write_text(json.dumps(metadata))
         os.replace(staging, metadata_path)
+
+
+def optimizer_step(model) -> int:
+    """Optimizer steps taken so far, on any backend."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def _plain(value):
@@ -124,6 +129,6 @@ class StopAtStep(keras.callbacks.Callback):
         self.steps = steps
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.steps:
+        if optimizer_step(self.model) >= self.steps:
             self.model.stop_training = True
 

@@ -1,15 +1,23 @@
 """Which tf.distribute strategy a run uses (the engines TensorFlow already has),
-and which part of the work falls to this process in a multi-worker cluster."""
+and which part of the work falls to this process in a multi-worker cluster. On
+other Keras backends a run uses that backend's default device and no strategy
+(``None``)."""
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 
-import tensorflow as tf
+import keras
 
 
-def choose_strategy() -> tf.distribute.Strategy:
+def choose_strategy():
     """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, MirroredStrategy
-    over several visible GPUs, otherwise the default single-device strategy."""
+    over several visible GPUs, otherwise the default single-device strategy; None
+    on a backend other than TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     if sum(len(hosts) for hosts in cluster.values()) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -25,7 +33,11 @@ class ClusterRole:
     is_chief: bool  # the one that writes checkpoints, backups and logs
 
 
-def cluster_role(strategy: tf.distribute.Strategy) -> ClusterRole:
+def strategy_scope(strategy):
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def cluster_role(strategy) -> ClusterRole:
     """This process's place in the cluster that TF_CONFIG describes (Vertex AI and
     Kubernetes name a "chief" and "worker"s; without a chief, worker 0 leads)."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -38,12 +50,20 @@ def cluster_role(strategy: tf.distribute.Strategy) -> ClusterRole:
     return ClusterRole(chiefs + workers, index, is_chief=index == 0)
 
 
-def describe(strategy: tf.distribute.Strategy) -> str:
+def describe(strategy) -> str:
+    if strategy is None:
+        if keras.backend.backend() != "jax":
+            return keras.backend.backend()
+        import jax
+
+        return f"jax on {', '.join(str(device) for device in jax.devices())}"
+    import tensorflow as tf
+
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s) on {', '.join(d.name for d in devices)}"
 
 
-def fix_keras_for_multi_worker(model, strategy: tf.distribute.Strategy) -> None:
+def fix_keras_for_multi_worker(model, strategy) -> None:
     """Two places where Keras 3.15's TensorFlow trainer fails under
     MultiWorkerMirroredStrategy, mended for this process:
     - fit and evaluate build the model from their first batch with one
@@ -52,9 +72,13 @@ def fix_keras_for_multi_worker(model, strategy: tf.distribute.Strategy) -> None:
       replica's batch is used instead;
     - each step's logs are averaged over workers with ``reduce(axis=0)``, which fails
       on scalars; a plain cross-replica mean is what is meant."""
+    if strategy is None:
+        return
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
-    from keras.src.backend.tensorflow import trainer as keras_trainer
 
     def symbolic_build(iterator=None, data_batch=None):
         if iterator is not None:
