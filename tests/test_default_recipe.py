@@ -1,5 +1,8 @@
-"""The default recipe end to end (slow: ~7 minutes on 2 cores; run with -m slow):
-python train.py --arch waveunet, then evaluate.py on the synthetic test split."""
+"""The default recipe end to end (slow: ~10 minutes on 2 cores; run with -m slow):
+python train.py --arch waveunet, then evaluate.py on the synthetic test split and on
+the real MUSDB18 sample songs. The margins are over the best no-separation baseline
+(the mixture times its per-track least-squares gain), set a little under what the
+recipe measured (see the README), so they fail if it stops separating."""
 import json
 import os
 import subprocess
@@ -9,14 +12,32 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+MUSDB_SAMPLE = REPOSITORY.parent / "shared" / "fixtures" / "musdb18-sample"
+# Median per-track SDR gain over the best-gain baseline, in dB. Measured for the
+# recipe (400 steps): synthetic test split +0.63 vocals / +0.87 accompaniment;
+# Falcon 69 +1.09 / +1.22; 80s Rock +0.92 / +1.00.
+SYNTHETIC_MARGIN = {"vocals": 0.3, "accompaniment": 0.5}
+MUSDB_SAMPLE_MARGIN = {"vocals": 0.5, "accompaniment": 0.5}
+
+
+def evaluate(run_dir: Path, scores: Path, environment: dict, *dataset: str) -> dict:
+    subprocess.run([sys.executable, "evaluate.py", "--model", str(run_dir), "--json", str(scores), *dataset],
+                   cwd=REPOSITORY, env=environment, check=True, timeout=1800)
+    return json.loads(scores.read_text())["median_sdr_gain_over_best_gain_baseline"]
 
 
 @pytest.mark.slow
-def test_default_training_beats_the_mixture_by_five_db(tmp_path):
+def test_default_training_separates_beyond_the_best_gain_baseline(tmp_path):
     environment = {**os.environ, "WAVESEP_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     run_dir = tmp_path / "run"
-    for command in (["train.py", "--arch", "waveunet", "--run-dir", str(run_dir)],
-                    ["evaluate.py", "--model", str(run_dir), "--json", str(tmp_path / "scores.json")]):
-        subprocess.run([sys.executable, *command], cwd=REPOSITORY, env=environment, check=True, timeout=1800)
-    median = json.loads((tmp_path / "scores.json").read_text())["median"]
-    assert median["model"]["vocals"]["SDR"] - median["mixture"]["vocals"]["SDR"] >= 5.0
+    subprocess.run([sys.executable, "train.py", "--arch", "waveunet", "--run-dir", str(run_dir)], cwd=REPOSITORY,
+                   env=environment, check=True, timeout=1800)
+    gains = {"synthetic": evaluate(run_dir, tmp_path / "synthetic.json", environment)}
+    if MUSDB_SAMPLE.is_dir():
+        gains["musdb"] = [evaluate(run_dir, tmp_path / f"musdb-{split}.json", environment, "--dataset", "musdb",
+                                   "--data-root", str(MUSDB_SAMPLE), "--split", split) for split in ("test", "train")]
+    for source, margin in SYNTHETIC_MARGIN.items():
+        assert gains["synthetic"][source] >= margin, gains
+    for song in gains.get("musdb", []):  # Falcon 69 and 80s Rock, each scored on its own
+        for source, margin in MUSDB_SAMPLE_MARGIN.items():
+            assert song[source] >= margin, gains
