@@ -55,13 +55,37 @@ TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "pat
 DEFAULT_SYNTHETIC_SONGS = 90
 
 
+def dataset_mix(text: str) -> str:
+    """argparse type of --dataset: one dataset or several joined by +."""
+    names = text.split("+")
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(DATASETS)} at most once, joined by +")
+    return text
+
+
+def mix_weights(text: str) -> list[float]:
+    try:
+        weights = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: weights must be non-negative with a positive sum")
+    return weights
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="model architecture (default: waveunet)")
     parser.add_argument("--config", help="named model configuration (Wave-U-Net: small, M1..M5, M5-HighSR; "
                                          "default: small)")
-    parser.add_argument("--dataset", choices=DATASETS, help="training data (default: synthetic)")
-    parser.add_argument("--data-root", help="dataset folder (every dataset but synthetic)")
+    parser.add_argument("--dataset", type=dataset_mix, metavar="{" + ",".join(DATASETS) + "}[+...]",
+                        help="training data; several joined by + are mixed into every batch, e.g. synthetic+musdb "
+                             "(default: synthetic)")
+    parser.add_argument("--data-root", action="append", help="dataset folder, once for each dataset but synthetic, "
+                                                             "in the order of --dataset")
+    parser.add_argument("--mix-weights", type=mix_weights, help="with several datasets: the share of examples drawn "
+                                                                "from each, e.g. 0.5,0.5 (default: equal)")
     parser.add_argument("--run-dir", help="where config, checkpoints and logs go (default: runs/<arch>-<config>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last backup with the settings "
                                                             "in RUN_DIR/config.json; only --steps may change them")
@@ -99,7 +123,8 @@ def parse_args(argv=None):
 def _resume_conflicts(args, run: dict) -> list[str]:
     """Flags given with --resume that contradict the run's saved settings."""
     saved = {"arch": run["arch"], "config": run["config_name"], "dataset": run["data"]["dataset"],
-             "data_root": run["data"]["data_root"], "cache_dir": run["data"]["cache_dir"],
+             "data_root": [root for _, root in dataset_parts(run["data"]) if root is not None] or None,
+             "mix_weights": run["data"].get("mix_weights"), "cache_dir": run["data"]["cache_dir"],
              "synthetic_songs": run["data"]["synthetic_songs"]["train"], "init_from": run["training"].get("init_from"),
              **{key: run["training"].get(key) for key in TRAINING_FLAGS if key != "steps"}}
     conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {value})"
@@ -151,7 +176,8 @@ def resolve_run(args) -> tuple[Path, dict]:
         "arch": arch,
         "config_name": config_name,
         "model": model,
-        "data": {"dataset": args.dataset or "synthetic", "data_root": args.data_root, "cache_dir": args.cache_dir,
+        "data": {"dataset": args.dataset or "synthetic", "data_root": args.data_root, "mix_weights": args.mix_weights,
+                 "cache_dir": args.cache_dir,
                  "synthetic_songs": {"train": args.synthetic_songs or DEFAULT_SYNTHETIC_SONGS, "valid": 10,
                                      "test": 10}},
         "training": training,
@@ -161,22 +187,51 @@ def resolve_run(args) -> tuple[Path, dict]:
     return run_dir, run
 
 
-def load_tracks(run: dict, split: str, sample_rate: int):
+def dataset_parts(data: dict) -> list[tuple[str, str | None]]:
+    """``(dataset, data root)`` for each dataset of a run; synthetic needs no root."""
+    names = data["dataset"].split("+")
+    roots = data["data_root"] if isinstance(data["data_root"], list) else [data["data_root"]]
+    roots = [root for root in roots if root is not None]
+    real = [name for name in names if name != "synthetic"]
+    if len(roots) > len(real) or (roots and len(roots) < len(real)):
+        raise DatasetError(f"{len(real)} dataset(s) need a --data-root ({', '.join(real) or 'none'}), "
+                           f"{len(roots)} given")
+    roots_by_name = dict(zip(real, roots))
+    return [(name, roots_by_name.get(name)) for name in names]
+
+
+def _split_tracks(run: dict, name: str, root, split: str, sample_rate: int):
     data = run["data"]
     synthetic = SyntheticOptions(songs=data["synthetic_songs"], duration=data.get("synthetic_duration", 20.0),
                                  cache_dir=data["cache_dir"])
-    return get_tracks(data["dataset"], split, data_root=data["data_root"], sample_rate=sample_rate,
-                      synthetic=synthetic)
+    return get_tracks(name, split, data_root=root, sample_rate=sample_rate, synthetic=synthetic)
+
+
+def training_groups(run: dict, sample_rate: int) -> list:
+    """The training tracks of each dataset of the run, in order."""
+    return [_split_tracks(run, name, root, "train", sample_rate) for name, root in dataset_parts(run["data"])]
+
+
+def validation_tracks(run: dict, sample_rate: int) -> list:
+    """The validation songs that pick the best checkpoint: those of the real datasets
+    when the run mixes real and synthetic songs, else the one dataset's."""
+    parts = dataset_parts(run["data"])
+    real = [(name, root) for name, root in parts if name != "synthetic"]
+    return [track for name, root in (real or parts) for track in _split_tracks(run, name, root, "valid", sample_rate)]
 
 
 def check_data(run: dict, sample_rate: int) -> dict:
-    """The train and valid tracks, every file checked (header, length, channels)
-    before the first step; all problems are reported together."""
-    tracks = {split: load_tracks(run, split, sample_rate) for split in ("train", "valid")}
-    problems = find_problems([track for split_tracks in tracks.values() for track in split_tracks])
+    """The training groups and validation tracks, every file checked (header,
+    length, channels) before the first step; all problems are reported together."""
+    tracks = {"train": training_groups(run, sample_rate), "valid": validation_tracks(run, sample_rate)}
+    problems = find_problems(all_tracks(tracks))
     if problems:
         raise DatasetError(f"{len(problems)} problem(s) in the training data:\n  " + "\n  ".join(problems))
     return tracks
+
+
+def all_tracks(tracks: dict) -> list:
+    return [track for group in tracks["train"] for track in group] + tracks["valid"]
 
 
 def run_seed(seed: int, worker: int, start_epoch: int) -> int:
@@ -214,21 +269,27 @@ def build_datasets(run: dict, tracks: dict, model_config, crop: CropSpec, strate
                   batch_size=training["batch_size"], cache=training["cache"])
     training_common = dict(crops_per_track=training["crops_per_track"],
                            seed=run_seed(training["seed"], role.index, start_epoch),
-                           num_shards=role.count, shard_index=role.index)
+                           num_shards=role.count, shard_index=role.index, **common)
+    groups = tracks["train"]
+    weights = run["data"].get("mix_weights") or [1.0] * len(groups)
+    if len(weights) != len(groups):
+        raise DatasetError(f"--mix-weights gives {len(weights)} weights for {len(groups)} datasets")
     if not USES_TF_DATA:
-        from data_pipeline.numpy_loader import TrainingLoader, ValidationLoader
+        from data_pipeline.numpy_loader import MixedTrainingLoader, TrainingLoader, ValidationLoader
 
-        threads = dict(workers=min(4, os.cpu_count() or 1), use_multiprocessing=False)
-        return (TrainingLoader(tracks["train"], steps_per_epoch=training["validate_every"], **training_common,
-                               **common, **threads),
-                ValidationLoader(tracks["valid"], **common, **threads))
+        threads = dict(workers=min(4, os.cpu_count() or 1), use_multiprocessing=False,
+                       steps_per_epoch=training["validate_every"])
+        train = (TrainingLoader(groups[0], **training_common, **threads) if len(groups) == 1 else
+                 MixedTrainingLoader(groups, weights, **training_common, **threads))
+        return train, ValidationLoader(tracks["valid"], **common, workers=threads["workers"])
     import tensorflow as tf
 
-    from data_pipeline.pipeline import make_dataset
+    from data_pipeline.pipeline import make_dataset, make_mixed_dataset
 
     # Each worker crops its own share of the songs; every worker validates on all of
     # them, so all run the same number of validation steps (no collective waits).
-    train = make_dataset(tracks["train"], training=True, **training_common, **common)
+    train = (make_dataset(groups[0], training=True, **training_common) if len(groups) == 1 else
+             make_mixed_dataset(groups, weights, **training_common))
     valid = make_dataset(tracks["valid"], training=False, **common)
     if role.count > 1:  # the songs are already split between workers
         options = tf.data.Options()
@@ -322,7 +383,7 @@ def train(run_dir: Path, run: dict, strategy=None):
                                                      model_config.sample_rate),
                             verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal, lines in a log
     except decoding_errors():  # e.g. a file broken after the check
-        problems = find_problems([t for split_tracks in tracks.values() for t in split_tracks], decode=True)
+        problems = find_problems(all_tracks(tracks), decode=True)
         if not problems:  # not the data's fault
             raise
         raise DatasetError("decoding the training data failed:\n  " + "\n  ".join(problems)) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 SOURCES = ("vocals", "accompaniment")
 
 
@@ -32,3 +34,8 @@ class CropSpec:
         """How many consecutive outputs tile a song (the last one zero-padded);
         works on Python ints and on tensors."""
         return (song_length + self.output_length - 1) // self.output_length
+
+
+def group_seed(seed: int, group: int) -> int:
+    """The seed of one dataset's example stream inside a mix of datasets."""
+    return int(np.random.SeedSequence([seed, group]).generate_state(1)[0])

@@ -9,8 +9,10 @@ zero-padded by the context, songs taken in a new random order each pass,
 the augmentations of ``AugmentOptions`` (cross-song remix, per-source gains,
 stereo swap, pitch shift). ``ValidationLoader`` gives what
 ``make_dataset(training=False)`` gives: consecutive unaugmented windows whose
-outputs tile every song. Same parameters and invariants as tf.data, not the same
-random numbers.
+outputs tile every song. ``MixedTrainingLoader`` gives what
+``make_mixed_dataset`` gives: each example from one of several groups of songs,
+drawn by weight, each group a ``TrainingLoader`` stream of its own. Same
+parameters and invariants as tf.data, not the same random numbers.
 
 Every example is a pure function of the seed and its place in the endless
 stream of examples, so a batch depends only on (seed, epoch, batch index): the
@@ -32,8 +34,10 @@ from data_pipeline.augment import AugmentOptions, shift_segment_numpy
 from data_pipeline.crops import SOURCES, CropSpec
 from data_pipeline.datasets import Track, load_track
 
-# First entropy word after the seed: keeps the song-order and crop random streams apart.
-_SONG_ORDER, _CROP = 0, 1
+# First entropy word after the seed: keeps the song-order, crop, group-choice and group-seed random streams apart.
+_SONG_ORDER, _CROP, _GROUP_CHOICE, _GROUP_SEED = 0, 1, 2, 3
+# Group choices drawn per generator: enough that a batch rarely spans two, few enough to draw per batch.
+_CHOICE_BLOCK = 4096
 
 
 def _decode(track: Track, sample_rate: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,16 +115,105 @@ def _batch(examples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return mixes, dict(zip(SOURCES, targets))
 
 
-def _tracks_of_shard(tracks: list[Track], channels: int, num_shards: int, shard_index: int) -> list[Track]:
+def _tracks_of_shard(tracks: list[Track], channels: int, num_shards: int, shard_index: int,
+                     name: str = "a dataset") -> list[Track]:
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, not {channels}")
     tracks = tracks[shard_index::num_shards]
     if not tracks:
-        raise ValueError("no tracks to build a dataset from")
+        raise ValueError(f"no tracks to build {name} from")
     return tracks
 
 
-class TrainingLoader(keras.utils.PyDataset):
+class _ExampleStream:
+    """The endless stream of training examples of one set of songs, each one built
+    on its own from its number (see ``TrainingLoader``)."""
+
+    def __init__(self, tracks: list[Track], *, sample_rate: int, crop: CropSpec, channels: int, seed: int,
+                 cache: bool, crops_per_track: int, augmentation: AugmentOptions, songs_in_flight: int):
+        self.tracks, self.sample_rate, self.crop, self.channels = tracks, sample_rate, crop, channels
+        self.seed, self.crops_per_track, self.augmentation = seed, crops_per_track, augmentation
+        self.songs_in_flight = min(songs_in_flight, len(tracks))
+        self.examples_per_pass = len(tracks) * crops_per_track
+        self._songs = _Songs(tracks, sample_rate, channels, cache, keep=2 * self.songs_in_flight)
+
+    def _track_at(self, position: int) -> int:
+        """The track at ``position`` of the endless sequence of songs, pass after pass."""
+        pass_number, place = divmod(position, len(self.tracks))
+        order = np.random.default_rng([self.seed, _SONG_ORDER, pass_number]).permutation(len(self.tracks))
+        return int(order[place])
+
+    def example(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Example ``number`` of the stream: ``(mix, vocals target, accompaniment target)``."""
+        turn, place = divmod(number, self.songs_in_flight * self.crops_per_track)
+        crop_number, slot = divmod(place, self.songs_in_flight)
+        song_number = turn * self.songs_in_flight + slot
+        # The song at position 0 only lends its accompaniment, as in make_dataset.
+        track, donor = self._track_at(song_number + 1), self._track_at(song_number)
+        # Uniform draws first, in a fixed order, so that each draw keeps its value whatever the options.
+        generator = np.random.default_rng([self.seed, _CROP, song_number, crop_number])
+        cross_song_draw, vocals_gain, accompaniment_gain, swap_draw, segment_draw, semitones_draw = generator.random(6)
+        options, crop = self.augmentation, self.crop
+        vocals, accompaniment = self._songs[track]
+        start = generator.integers(_start_count(len(vocals), crop))
+        vocals = _window(vocals, start, crop)
+        if cross_song_draw < options.cross_song_probability and donor != track:
+            donor_accompaniment = self._songs[donor][1]
+            donor_start = generator.integers(_start_count(len(donor_accompaniment), crop))
+            accompaniment = _window(donor_accompaniment, donor_start, crop)
+        else:
+            accompaniment = _window(accompaniment, start, crop)
+        if options.gain_range is not None:
+            low, high = options.gain_range
+            vocals *= np.float32(low + (high - low) * vocals_gain)
+            accompaniment *= np.float32(low + (high - low) * accompaniment_gain)
+        if options.swap_channels and self.channels == 2 and swap_draw < 0.5:
+            vocals, accompaniment = vocals[:, ::-1], accompaniment[:, ::-1]
+        mix = vocals + accompaniment
+        if options.pitch_shift_semitones > 0:
+            # As in UMT: only the input is distorted; the targets stay clean.
+            shortest, longest = options.pitch_shift_seconds
+            length = min(crop.input_length, int((shortest + (longest - shortest) * segment_draw) * self.sample_rate))
+            mix = shift_segment_numpy(mix, self.sample_rate, generator.integers(crop.input_length - length + 1), length,
+                                      options.pitch_shift_semitones * (2 * semitones_draw - 1))
+        return mix, _centre(vocals, crop), _centre(accompaniment, crop)
+
+
+def _check_counts(songs_in_flight: int, crops_per_track: int, batch_size: int, steps_per_epoch: int | None):
+    # Before any song is decoded.
+    if min(songs_in_flight, crops_per_track, batch_size, 1 if steps_per_epoch is None else steps_per_epoch) < 1:
+        raise ValueError(f"songs_in_flight, crops_per_track, batch_size and steps_per_epoch must be at least 1, "
+                         f"not {songs_in_flight}, {crops_per_track}, {batch_size} and {steps_per_epoch}")
+
+
+class _EndlessLoader(keras.utils.PyDataset):
+    """Epochs of ``steps_per_epoch`` batches (by default one pass's worth, at least
+    one) cut from an endless stream of examples that ``_examples`` builds by number;
+    ``on_epoch_end`` moves on to the next epoch."""
+
+    def __init__(self, *, batch_size: int, steps_per_epoch: int | None, examples_per_pass: int, workers: int,
+                 use_multiprocessing: bool, max_queue_size: int):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        self.batch_size, self.epoch = batch_size, 0
+        self.steps_per_epoch = steps_per_epoch or max(1, examples_per_pass // batch_size)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"batch {index} of an epoch of {self.steps_per_epoch}")
+        first = (self.epoch * self.steps_per_epoch + index) * self.batch_size
+        return _batch(self._examples(range(first, first + self.batch_size)))
+
+    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+
+class TrainingLoader(_EndlessLoader):
     """Endless random crops, augmented, in epochs of ``steps_per_epoch`` batches.
 
     Parameters as in ``make_dataset``: songs are decoded at ``sample_rate`` with
@@ -153,70 +246,106 @@ class TrainingLoader(keras.utils.PyDataset):
                  augmentation: AugmentOptions = AugmentOptions(), num_shards: int = 1, shard_index: int = 0,
                  songs_in_flight: int = 16, steps_per_epoch: int | None = None, workers: int = 1,
                  use_multiprocessing: bool = False, max_queue_size: int = 10):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
-        if min(songs_in_flight, crops_per_track, batch_size, 1 if steps_per_epoch is None else steps_per_epoch) < 1:
-            raise ValueError(f"songs_in_flight, crops_per_track, batch_size and steps_per_epoch must be at least 1, "
-                             f"not {songs_in_flight}, {crops_per_track}, {batch_size} and {steps_per_epoch}")
-        self.tracks = _tracks_of_shard(tracks, channels, num_shards, shard_index)
-        self.sample_rate, self.crop, self.channels, self.batch_size = sample_rate, crop, channels, batch_size
-        self.seed, self.crops_per_track, self.augmentation = seed, crops_per_track, augmentation
-        self.songs_in_flight = min(songs_in_flight, len(self.tracks))
-        self.steps_per_epoch = steps_per_epoch or max(1, len(self.tracks) * crops_per_track // batch_size)
-        self.epoch = 0
-        self._songs = _Songs(self.tracks, sample_rate, channels, cache, keep=2 * self.songs_in_flight)
+        _check_counts(songs_in_flight, crops_per_track, batch_size, steps_per_epoch)
+        self._stream = _ExampleStream(
+            _tracks_of_shard(tracks, channels, num_shards, shard_index), sample_rate=sample_rate, crop=crop,
+            channels=channels, seed=seed, cache=cache, crops_per_track=crops_per_track, augmentation=augmentation,
+            songs_in_flight=songs_in_flight)
+        self.tracks = self._stream.tracks
+        super().__init__(batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                         examples_per_pass=self._stream.examples_per_pass, workers=workers,
+                         use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch
+    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return [self._stream.example(number) for number in numbers]
 
-    def on_epoch_end(self):
-        self.epoch += 1
 
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.steps_per_epoch:
-            raise IndexError(f"batch {index} of an epoch of {self.steps_per_epoch}")
-        first = (self.epoch * self.steps_per_epoch + index) * self.batch_size
-        return _batch([self._example(number) for number in range(first, first + self.batch_size)])
+class _GroupChoices:
+    """Which group each example of a mixed stream comes from, and its number in that
+    group's stream: the group of example ``n`` is drawn by the weights from draw
+    ``n % _CHOICE_BLOCK`` of block ``n // _CHOICE_BLOCK``'s generator, a function of
+    (seed, n) only; its number there counts the earlier examples from that group."""
 
-    def _track_at(self, position: int) -> int:
-        """The track at ``position`` of the endless sequence of songs, pass after pass."""
-        pass_number, place = divmod(position, len(self.tracks))
-        order = np.random.default_rng([self.seed, _SONG_ORDER, pass_number]).permutation(len(self.tracks))
-        return int(order[place])
+    def __init__(self, weights: np.ndarray, seed: int):
+        self._group_count, self._seed = len(weights), seed
+        self._bounds = np.cumsum(weights) / weights.sum()
+        self._bounds[-1] = 1.0  # so that rounding never puts a draw past the last group
+        # _taken_before[b][g]: examples of blocks 0 to b - 1 from group g; grows as later blocks are asked for.
+        self._taken_before = [np.zeros(self._group_count, np.int64)]
+        self._lock = threading.Lock()
 
-    def _example(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Example ``number`` of the stream: ``(mix, vocals target, accompaniment target)``."""
-        group, place = divmod(number, self.songs_in_flight * self.crops_per_track)
-        crop_number, slot = divmod(place, self.songs_in_flight)
-        song_number = group * self.songs_in_flight + slot
-        # The song at position 0 only lends its accompaniment, as in make_dataset.
-        track, donor = self._track_at(song_number + 1), self._track_at(song_number)
-        # Uniform draws first, in a fixed order, so that each draw keeps its value whatever the options.
-        generator = np.random.default_rng([self.seed, _CROP, song_number, crop_number])
-        cross_song_draw, vocals_gain, accompaniment_gain, swap_draw, segment_draw, semitones_draw = generator.random(6)
-        options, crop = self.augmentation, self.crop
-        vocals, accompaniment = self._songs[track]
-        start = generator.integers(_start_count(len(vocals), crop))
-        vocals = _window(vocals, start, crop)
-        if cross_song_draw < options.cross_song_probability and donor != track:
-            donor_accompaniment = self._songs[donor][1]
-            donor_start = generator.integers(_start_count(len(donor_accompaniment), crop))
-            accompaniment = _window(donor_accompaniment, donor_start, crop)
-        else:
-            accompaniment = _window(accompaniment, start, crop)
-        if options.gain_range is not None:
-            low, high = options.gain_range
-            vocals *= np.float32(low + (high - low) * vocals_gain)
-            accompaniment *= np.float32(low + (high - low) * accompaniment_gain)
-        if options.swap_channels and self.channels == 2 and swap_draw < 0.5:
-            vocals, accompaniment = vocals[:, ::-1], accompaniment[:, ::-1]
-        mix = vocals + accompaniment
-        if options.pitch_shift_semitones > 0:
-            # As in UMT: only the input is distorted; the targets stay clean.
-            shortest, longest = options.pitch_shift_seconds
-            length = min(crop.input_length, int((shortest + (longest - shortest) * segment_draw) * self.sample_rate))
-            mix = shift_segment_numpy(mix, self.sample_rate, generator.integers(crop.input_length - length + 1), length,
-                                      options.pitch_shift_semitones * (2 * semitones_draw - 1))
-        return mix, _centre(vocals, crop), _centre(accompaniment, crop)
+    def _block(self, block: int) -> np.ndarray:
+        draws = np.random.default_rng([self._seed, _GROUP_CHOICE, block]).random(_CHOICE_BLOCK)
+        # side="right": a draw on a bound goes past groups of zero weight.
+        return np.searchsorted(self._bounds, draws, side="right")
+
+    def _taken_before_block(self, block: int) -> np.ndarray:
+        with self._lock:
+            while len(self._taken_before) <= block:
+                done = len(self._taken_before) - 1
+                self._taken_before.append(
+                    self._taken_before[-1] + np.bincount(self._block(done), minlength=self._group_count))
+            return self._taken_before[block]
+
+    def __call__(self, numbers: range) -> list[tuple[int, int]]:
+        """``(group, number in that group's stream)`` of each example in ``numbers``."""
+        choices = []
+        for block in range(numbers.start // _CHOICE_BLOCK, (numbers.stop - 1) // _CHOICE_BLOCK + 1):
+            groups = self._block(block)
+            taken_so_far = np.cumsum(groups[:, None] == np.arange(self._group_count), axis=0)
+            taken_before = self._taken_before_block(block)[groups]
+            numbers_in_group = taken_before + taken_so_far[np.arange(_CHOICE_BLOCK), groups] - 1
+            offset = block * _CHOICE_BLOCK
+            wanted = slice(max(numbers.start - offset, 0), min(numbers.stop - offset, _CHOICE_BLOCK))
+            choices.extend(zip(groups[wanted].tolist(), numbers_in_group[wanted].tolist()))
+        return choices
+
+
+class MixedTrainingLoader(_EndlessLoader):
+    """``TrainingLoader``'s batches drawn from several groups of songs (datasets):
+    each example comes from group ``g`` with probability ``weights[g] / sum(weights)``.
+
+    Each group is its own stream of examples, as ``TrainingLoader`` builds one from
+    that group's songs, with a seed derived from (``seed``, ``g``): song order,
+    interleaving and the cross-song remix stay inside the group. Example ``n`` of
+    the mixed stream draws its group with a generator that depends on (``seed``,
+    ``n``) only, and takes that group's next example, so batches depend only on
+    (seed, epoch, batch index), as ``TrainingLoader``'s do. Every group is sharded
+    by ``num_shards``/``shard_index``; ``songs_in_flight`` and the cache apply to each
+    group. ``steps_per_epoch`` defaults to one pass over every group's songs,
+    ``sum(len(group)) * crops_per_track // batch_size`` (at least 1). The other
+    parameters are ``TrainingLoader``'s.
+    """
+
+    def __init__(self, groups: list[list[Track]], weights: list[float], *, sample_rate: int, crop: CropSpec,
+                 channels: int = 2, batch_size: int = 16, seed: int = 0, cache: bool = True,
+                 crops_per_track: int = 8, augmentation: AugmentOptions = AugmentOptions(), num_shards: int = 1,
+                 shard_index: int = 0, songs_in_flight: int = 16, steps_per_epoch: int | None = None,
+                 workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10):
+        _check_counts(songs_in_flight, crops_per_track, batch_size, steps_per_epoch)
+        weights = np.asarray(weights, np.float64)
+        if not groups:
+            raise ValueError("no groups of tracks to mix")
+        if weights.shape != (len(groups),):
+            raise ValueError(f"give one weight per group: {len(groups)} groups and weights {weights.tolist()}")
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+            raise ValueError(f"weights must be finite and non-negative with a positive sum, not {weights.tolist()}")
+        group_seeds = np.random.SeedSequence([seed, _GROUP_SEED]).generate_state(len(groups), np.uint64)
+        self._streams = [
+            _ExampleStream(_tracks_of_shard(tracks, channels, num_shards, shard_index,
+                                            name=f"group {index} (shard {shard_index} of {num_shards})"),
+                           sample_rate=sample_rate, crop=crop, channels=channels, seed=int(group_seed), cache=cache,
+                           crops_per_track=crops_per_track, augmentation=augmentation, songs_in_flight=songs_in_flight)
+            for index, (tracks, group_seed) in enumerate(zip(groups, group_seeds))]
+        self.groups = [stream.tracks for stream in self._streams]
+        self.weights = weights / weights.sum()
+        self._choices = _GroupChoices(self.weights, seed)
+        super().__init__(batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                         examples_per_pass=sum(stream.examples_per_pass for stream in self._streams), workers=workers,
+                         use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+
+    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return [self._streams[group].example(number) for group, number in self._choices(numbers)]
 
 
 class ValidationLoader(keras.utils.PyDataset):

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from data_pipeline import augment
 from data_pipeline.audio import DECODE_PYTHON, audio_info, decode_in_graph, in_graph_decoder, is_stem_file
-from data_pipeline.crops import SOURCES, CropSpec
+from data_pipeline.crops import SOURCES, CropSpec, group_seed
 from data_pipeline.datasets import Track
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -162,21 +162,60 @@ def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, chann
     song, for validation. ``num_shards``/``shard_index`` split the songs between
     the workers of a multi-worker run.
     """
+    _check_options(channels, songs_in_flight, crops_per_track)
+    tracks = _shard(tracks, num_shards, shard_index)
+    if not training:
+        songs = track_table(tracks, sample_rate).map(decoder(sample_rate), num_parallel_calls=AUTOTUNE)
+        examples = (songs.cache() if cache else songs).flat_map(lambda v, a: _evaluation_windows(v, a, crop)).map(
+            lambda v, a: _example(v, a, crop, channels, sample_rate), num_parallel_calls=AUTOTUNE)
+        return examples.batch(batch_size).prefetch(AUTOTUNE)
+    examples = _training_examples(tracks, sample_rate, crop, channels, seed, cache, crops_per_track, augmentation,
+                                  songs_in_flight)
+    return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def make_mixed_dataset(groups: list[list[Track]], weights: list[float], *, sample_rate: int, crop: CropSpec,
+                       channels: int = 2, batch_size: int = 16, seed: int = 0, cache: bool = True,
+                       crops_per_track: int = 8, augmentation: augment.AugmentOptions = augment.AugmentOptions(),
+                       num_shards: int = 1, shard_index: int = 0, songs_in_flight: int = 16) -> tf.data.Dataset:
+    """Training batches mixing several datasets (e.g. synthetic and real songs): each
+    example comes from group ``g`` with probability ``weights[g]`` (normalised).
+    Each group is cropped and augmented as ``make_dataset`` does, with its own seed;
+    the cross-song remix stays inside a group."""
+    _check_options(channels, songs_in_flight, crops_per_track)
+    if len(groups) != len(weights) or not groups:
+        raise ValueError(f"need one weight per dataset: {len(groups)} datasets, {len(weights)} weights")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, not {weights}")
+    streams = [_training_examples(_shard(group, num_shards, shard_index), sample_rate, crop, channels,
+                                  group_seed(seed, index), cache, crops_per_track, augmentation, songs_in_flight)
+               for index, group in enumerate(groups)]
+    total = float(sum(weights))
+    examples = tf.data.Dataset.sample_from_datasets(streams, weights=[w / total for w in weights], seed=seed)
+    return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def _check_options(channels: int, songs_in_flight: int, crops_per_track: int) -> None:
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, not {channels}")
     if songs_in_flight < 1 or crops_per_track < 1:
         raise ValueError(f"songs_in_flight and crops_per_track must be at least 1, not {songs_in_flight} "
                          f"and {crops_per_track}")
+
+
+def _shard(tracks: list[Track], num_shards: int, shard_index: int) -> list[Track]:
     tracks = tracks[shard_index::num_shards]
     if not tracks:
         raise ValueError("no tracks to build a dataset from")
+    return tracks
+
+
+def _training_examples(tracks: list[Track], sample_rate: int, crop: CropSpec, channels: int, seed: int, cache: bool,
+                       crops_per_track: int, augmentation: augment.AugmentOptions,
+                       songs_in_flight: int) -> tf.data.Dataset:
+    """The endless stream of augmented training examples of ``make_dataset``, unbatched."""
     table = track_table(tracks, sample_rate)
     decode = decoder(sample_rate)
-    if not training:
-        songs = table.map(decode, num_parallel_calls=AUTOTUNE)
-        examples = (songs.cache() if cache else songs).flat_map(lambda v, a: _evaluation_windows(v, a, crop)).map(
-            lambda v, a: _example(v, a, crop, channels, sample_rate), num_parallel_calls=AUTOTUNE)
-        return examples.batch(batch_size).prefetch(AUTOTUNE)
 
     def decode_padded(track_index, files):
         vocals, accompaniment = decode(*files)
@@ -196,8 +235,7 @@ def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, chann
         lambda song_and_donor, song_number: _song_crops(*song_and_donor, song_number, seed, crops_per_track, crop,
                                                         augmentation.cross_song_probability),
         cycle_length=min(songs_in_flight, len(tracks)), block_length=1)
-    examples = crops.map(
+    return crops.map(
         lambda vocals, accompaniment, element_seed: _augmented_example(
             vocals, accompaniment, element_seed, crop, channels, sample_rate, augmentation),
         num_parallel_calls=AUTOTUNE)
-    return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)

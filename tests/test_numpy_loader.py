@@ -1,6 +1,7 @@
 """The numpy loader beside the tf.data pipeline: the same batches' shapes, crop
 arithmetic and augmentation invariants on both paths; the numpy loader's own
-determinism; training on it under TensorFlow and, without TensorFlow, under JAX."""
+determinism; mixing groups of songs by weight; training on it under TensorFlow
+and, without TensorFlow, under JAX."""
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 from keras.src.trainers.epoch_iterator import EpochIterator  # what model.fit iterates a PyDataset with
 
 from data_pipeline.augment import AugmentOptions
-from data_pipeline.numpy_loader import TrainingLoader, ValidationLoader
+from data_pipeline.numpy_loader import (_CHOICE_BLOCK, MixedTrainingLoader, TrainingLoader, ValidationLoader,
+                                        _GroupChoices)
 from data_pipeline.pipeline import CropSpec, make_dataset
 from models.waveunet import WaveUNetConfig, build_waveunet, input_length_for
 from tests.ramp_songs import (CROP, NO_AUGMENTATION, RATE, SONG_FRAMES, STEP, WINDOWS_PER_SONG, ramp_song, song_of,
@@ -197,8 +199,18 @@ def test_uncached_validation_gives_the_same_windows(tracks):
         np.testing.assert_array_equal(mix_a, mix_b)
 
 
-def test_batches_depend_on_seed_epoch_and_index_only(tracks):
-    loader = TrainingLoader(tracks, **SETTINGS, steps_per_epoch=4)
+def mixed_loader(tracks, weights=(1, 1), **options):
+    """Songs 0 to 5 and songs 6 to 11 as two groups."""
+    return MixedTrainingLoader([tracks[:6], tracks[6:]], list(weights), **{**SETTINGS, **options})
+
+
+@pytest.fixture(params=[TrainingLoader, mixed_loader], ids=["single", "mixed"])
+def loader_type(request):
+    return request.param
+
+
+def test_batches_depend_on_seed_epoch_and_index_only(tracks, loader_type):
+    loader = loader_type(tracks, **SETTINGS, steps_per_epoch=4)
     in_order = [loader[index] for index in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:  # built at once, in any order
         backwards = list(pool.map(loader.__getitem__, reversed(range(4))))[::-1]
@@ -221,13 +233,108 @@ def fit_batches(loader, epochs):
     return seen
 
 
-def test_fit_sees_the_same_batches_whatever_the_workers(tracks):
-    one, three = (fit_batches(TrainingLoader(tracks, **SETTINGS, steps_per_epoch=3, workers=workers), epochs=2)
+def test_fit_sees_the_same_batches_whatever_the_workers(tracks, loader_type):
+    one, three = (fit_batches(loader_type(tracks, **SETTINGS, steps_per_epoch=3, workers=workers), epochs=2)
                   for workers in (1, 3))
     assert len(one) == len(three) == 6
     for mix_a, mix_b in zip(one, three):
         np.testing.assert_array_equal(mix_a, mix_b)
     assert not any(np.array_equal(one[index], one[index + 3]) for index in range(3))  # epochs do not repeat
+
+
+# --- mixing groups of songs -----------------------------------------------------------
+
+# No gains or channel swap, so that the targets tell their songs; every accompaniment from another song.
+ALWAYS_REMIXED = AugmentOptions(gain_range=None, cross_song_probability=1.0, swap_channels=False)
+
+
+def all_examples(loader):
+    """Mixes, vocals and accompaniment of every example of an epoch, in order."""
+    batches = list(loader)
+    return tuple(np.concatenate(column) for column in
+                 zip(*((mix, targets["vocals"], targets["accompaniment"]) for mix, targets in batches)))
+
+
+def groups_of(source):
+    return song_of(source[..., 0]) // 6
+
+
+def test_groups_are_drawn_by_their_normalised_weights(tracks):
+    _, vocals, _ = all_examples(mixed_loader(tracks, weights=(4, 1), augmentation=ALWAYS_REMIXED, steps_per_epoch=40))
+    # 320 examples: the binomial spread of the fraction at p = 0.2 is 0.022.
+    assert len(vocals) == 320 and 0.13 <= np.mean(groups_of(vocals) == 1) <= 0.27
+
+
+def test_a_group_of_zero_weight_gives_nothing(tracks):
+    only_first, only_second = (
+        all_examples(mixed_loader(tracks, weights=weights, augmentation=ALWAYS_REMIXED, steps_per_epoch=20))[1]
+        for weights in ((1, 0), (0, 1)))
+    assert (groups_of(only_first) == 0).all() and (groups_of(only_second) == 1).all()
+    # Groups of the same size draw their own song orders: each has its own seed.
+    assert not np.array_equal(song_of(only_second[..., 0]) - 6, song_of(only_first[..., 0]))
+
+
+def test_the_cross_song_remix_stays_inside_each_group(tracks):
+    _, vocals, accompaniment = all_examples(mixed_loader(tracks, augmentation=ALWAYS_REMIXED, steps_per_epoch=16))
+    np.testing.assert_array_equal(groups_of(vocals), groups_of(accompaniment))
+    assert set(groups_of(vocals)) == {0, 1}
+    # As for one group, a song lends to itself only where one pass meets the next.
+    assert np.mean(song_of(vocals[..., 0]) != song_of(accompaniment[..., 0])) >= 0.9
+
+
+def test_each_group_takes_the_next_example_of_its_own_stream(tracks):
+    # A group's stream does not depend on the weights: group 0's examples of an even mix,
+    # in order, are the first examples of group 0 alone.
+    alone = all_examples(mixed_loader(tracks, weights=(1, 0), augmentation=ALWAYS_REMIXED, steps_per_epoch=8))
+    even = all_examples(mixed_loader(tracks, weights=(1, 1), augmentation=ALWAYS_REMIXED, steps_per_epoch=8))
+    from_group_0 = groups_of(even[1]) == 0
+    assert 16 <= from_group_0.sum() < len(from_group_0)
+    for mixed, only in zip(even, alone):
+        np.testing.assert_array_equal(mixed[from_group_0], only[:from_group_0.sum()])
+
+
+def test_mixed_examples_are_exactly_the_sum_of_their_sources(tracks):
+    options = AugmentOptions(cross_song_probability=1.0)  # and the default gains and channel swap
+    for mix, targets in mixed_loader(tracks, augmentation=options, steps_per_epoch=8):
+        np.testing.assert_array_equal(centre(mix), targets["vocals"] + targets["accompaniment"])
+
+
+def test_seeded_mixes_repeat_and_seeds_differ(tracks):
+    first, again, other = (all_examples(mixed_loader(tracks, seed=seed, steps_per_epoch=4))[0] for seed in (5, 5, 6))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_group_choices_number_each_groups_examples_in_turn_across_blocks():
+    count = 2 * _CHOICE_BLOCK + 50
+    in_one_go = _GroupChoices(np.array([0.5, 0.3, 0.2]), seed=1)(range(count))
+    groups, numbers = np.array(in_one_go).T
+    for group in range(3):
+        np.testing.assert_array_equal(numbers[groups == group], np.arange(np.sum(groups == group)))
+    # Batches of 12 straddle the block bounds; a fresh instance is asked for the last batch first.
+    pieces = [range(start, min(start + 12, count)) for start in range(0, count, 12)]
+    choices = _GroupChoices(np.array([0.5, 0.3, 0.2]), seed=1)
+    in_pieces = {piece.start: choices(piece) for piece in reversed(pieces)}
+    assert [choice for piece in pieces for choice in in_pieces[piece.start]] == in_one_go
+
+
+def test_a_mixed_epoch_is_one_pass_over_every_group(tracks):
+    loader = MixedTrainingLoader([tracks[:3], tracks[3:]], [1, 1], **SETTINGS)
+    assert len(loader) == len(tracks) * SETTINGS["crops_per_track"] // SETTINGS["batch_size"]
+
+
+@pytest.mark.parametrize("group_sizes, weights, message", [
+    ([6, 6], [1], "one weight per group"),
+    ([6, 6], [1, -0.5], "non-negative"),
+    ([6, 6], [0, 0], "positive sum"),
+    ([6, 6], [np.nan, 1], "finite"),
+    ([6, 0], [1, 1], "group 1"),
+    ([], [], "no groups"),
+])
+def test_bad_groups_or_weights_are_refused(tracks, group_sizes, weights, message):
+    groups = [tracks[:size] for size in group_sizes]
+    with pytest.raises(ValueError, match=message):
+        MixedTrainingLoader(groups, weights, **SETTINGS)
 
 
 # --- training on it -------------------------------------------------------------------

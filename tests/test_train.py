@@ -64,7 +64,7 @@ def test_training_beats_the_best_constant_gain_and_fills_the_run_directory(tmp_p
     assert int(model.optimizer.iterations.numpy()) == TRAINING_STEPS
     # Fresh augmented crops of the training songs (3 songs of 3 s are too few to generalise from).
     crop = CropSpec(*input_length_for(TINY_MODEL, TINY_MODEL.num_frames))
-    batches = make_dataset(train.load_tracks(run, "train", TINY_MODEL.sample_rate), sample_rate=8000, crop=crop,
+    batches = make_dataset(train.training_groups(run, TINY_MODEL.sample_rate)[0], sample_rate=8000, crop=crop,
                            batch_size=4, seed=123).take(16).cache()
     model_loss, constant_gain_loss = model.evaluate(batches, verbose=0)[0], best_constant_gain_loss(batches)
     assert model_loss < 0.7 * constant_gain_loss, (model_loss, constant_gain_loss)  # measured: 0.42 (0.38-0.57 over seeds 0-2)
@@ -292,7 +292,7 @@ def free_ports(count: int) -> list[int]:
 def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
-    train.load_tracks(RunDirectory(run_dir).read_config(), "train", 8000)  # songs generated once
+    train.check_data(RunDirectory(run_dir).read_config(), 8000)  # songs generated once, before the workers start
     chief, worker = (f"127.0.0.1:{port}" for port in free_ports(2))
     processes = []
     for task_type in ("chief", "worker"):
@@ -388,3 +388,35 @@ def test_training_under_jax_without_tensorflow_loads_under_tensorflow(tmp_path):
     assert "val_sdr_gain_vocals" in header
     under_tensorflow = load_separator(run_dir).model.predict(mix, verbose=0)["vocals"]
     np.testing.assert_allclose(under_tensorflow, np.load(tmp_path / "vocals.npy"), atol=1e-5)
+
+
+PREVIEWS = REPOSITORY.parent / "shared" / "data" / "musdb18-train-previews"
+
+
+def test_mixed_datasets_train_on_both_and_validate_on_the_real_songs(tmp_path):
+    root = tmp_path / "stems"
+    for index in range(10):
+        write_stems(root / f"song{index:02d}", seed=index)
+    run_dir, run = train.resolve_run(train.parse_args([
+        "--dataset", "synthetic+folder", "--data-root", str(root), "--mix-weights", "0.7,0.3", "--run-dir",
+        str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--synthetic-songs", "2"]))
+    assert run["data"]["mix_weights"] == [0.7, 0.3]
+    run["data"]["synthetic_duration"] = 3.0
+    groups, valid = train.training_groups(run, 8000), train.validation_tracks(run, 8000)
+    assert [len(group) for group in groups] == [2, 9]
+    assert [track.name for track in valid] == ["song09"]  # the real songs' validation split, not synthetic's
+    with pytest.raises(SystemExit, match=r"--mix-weights \[0.5, 0.5\] \(the run has \[0.7, 0.3\]\)"):
+        train.resolve_run(train.parse_args(["--resume", str(run_dir), "--mix-weights", "0.5,0.5"]))
+    for bad in (["--dataset", "synthetic+nope"], ["--dataset", "musdb+musdb"], ["--mix-weights", "1,x"],
+                ["--mix-weights", "0,0"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
+
+
+@pytest.mark.skipif(not PREVIEWS.is_dir(), reason="needs ../shared/data/musdb18-train-previews")
+def test_the_validation_previews_are_never_trained_on():
+    run = {"data": {"dataset": "synthetic+musdb", "data_root": [str(PREVIEWS)], "cache_dir": None,
+                    "synthetic_songs": {"train": 1, "valid": 1, "test": 1}}}
+    real_training = {track.name for track in train.training_groups(run, 22050)[1]}
+    validation = {track.name for track in train.validation_tracks(run, 22050)}
+    assert len(validation) == 14 and len(real_training) == 80 and not validation & real_training
