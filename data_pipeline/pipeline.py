@@ -18,6 +18,7 @@ from data_pipeline import augment
 from data_pipeline.audio import DECODE_PYTHON, audio_info, decode_in_graph, in_graph_decoder, is_stem_file
 from data_pipeline.crops import SOURCES, CropSpec, group_seed
 from data_pipeline.datasets import Track
+from models.framing import ChunkPlan, frame_tf
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -126,18 +127,11 @@ def _example(vocals, accompaniment, crop: CropSpec, channels: int, sample_rate: 
 
 
 def _evaluation_windows(vocals, accompaniment, crop: CropSpec):
-    """Consecutive windows whose outputs tile the whole song (the last one zero-padded)."""
-    length = tf.shape(vocals)[0]
-    count = crop.windows_to_cover(length)
-    padded_length = count * crop.output_length + crop.input_length - crop.output_length
-    starts = tf.range(count) * crop.output_length
-
-    def windows(signal):
-        signal = _pad_for_crops(signal, crop)
-        signal = tf.pad(signal, [[0, padded_length - tf.shape(signal)[0]], [0, 0]])
-        return tf.gather(signal, starts[:, None] + tf.range(crop.input_length)[None, :])
-
-    return tf.data.Dataset.from_tensor_slices((windows(vocals), windows(accompaniment)))
+    """Consecutive windows whose outputs tile the whole song (the last one zero-padded),
+    cut by inference's tiler with a plan that keeps every output sample."""
+    plan = ChunkPlan(input_length=crop.input_length, output_offset=crop.context_left,
+                     output_length=crop.output_length, keep_from=0, stride=crop.output_length)
+    return tf.data.Dataset.from_tensor_slices((frame_tf(vocals, plan), frame_tf(accompaniment, plan)))
 
 
 def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, channels: int = 2,

@@ -31,3 +31,31 @@ class ChunkPlan:
     def overhead(self) -> float:
         """Input samples computed per kept output sample."""
         return self.input_length / self.stride
+
+
+# The TensorFlow side imports TensorFlow only when called: JAX hosts import ChunkPlan.
+
+
+def frame_tf(waveform, plan: ChunkPlan):
+    """``[time, channels]`` -> the model-input windows ``[num_chunks, input_length, channels]``.
+
+    Laid out as ``inference._ChunkRunner`` does: ``plan.lead`` zeros of context
+    before the song, windows ``plan.stride`` apart, the last completed with zeros,
+    as many as it takes for the kept outputs to cover every sample (none for an
+    empty song). Graph-safe for a ``time`` unknown until run time."""
+    import tensorflow as tf
+
+    length = tf.shape(waveform)[0]
+    num_chunks = (length + plan.stride - 1) // plan.stride
+    padded_length = (num_chunks - 1) * plan.stride + plan.input_length
+    padded = tf.pad(waveform, [[plan.lead, padded_length - plan.lead - length], [0, 0]])
+    return tf.signal.frame(padded, plan.input_length, plan.stride, axis=0)
+
+
+def stitch_tf(outputs, plan: ChunkPlan, length):
+    """The kept samples of ``frame_tf``'s chunks' outputs ``[num_chunks, output_length,
+    channels]``, in order and cut to the song's ``length``: ``[length, channels]``."""
+    import tensorflow as tf
+
+    kept = outputs[:, plan.keep_from:plan.keep_from + plan.stride]
+    return tf.reshape(kept, tf.concat([[-1], tf.shape(kept)[2:]], axis=0))[:length]

@@ -1,0 +1,36 @@
+"""The architecture registry that train.py, inference.py and the exporters share.
+
+Each model module declares its own ``Architecture`` entry with ``register``;
+the imports at the end of this file are the one list of those modules. No
+TensorFlow here: training under JAX reads the registry too."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Architecture:
+    configs: dict  # named configs
+    default_config: str
+    config_from_dict: Callable  # (the run directory's "model" dict) -> config
+    build: Callable  # (config, input_length=None) -> keras.Model
+    input_length_for: Callable  # (config, output_length) -> (input_length, output_length)
+    chunk_plan: Callable  # (config, chunk_output_length) -> models.framing.ChunkPlan
+    training_presets: dict  # config name -> train.py settings that replace its defaults
+    losses: Callable  # (config) -> the Keras loss of each model output, for compile()
+    inference_head: Callable  # the model's outputs -> {"vocals", "accompaniment"} waveforms (keras.ops)
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(name: str, architecture: Architecture) -> None:
+    if name in ARCHITECTURES:
+        raise ValueError(f"architecture {name!r} is registered twice")
+    ARCHITECTURES[name] = architecture
+
+
+# Importing a model module registers it. They import this module for
+# ``register``, so these imports come after it is defined.
+from models import waveunet  # noqa: E402,F401
