@@ -8,8 +8,10 @@ is the same as one pass over the whole song, with bounded memory and no seams.
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -17,44 +19,27 @@ import soxr
 import tensorflow as tf
 
 from data_pipeline.audio import convert_channels
-from data_pipeline.pipeline import SOURCES
+from data_pipeline.crops import SOURCES
 from models.framing import ChunkPlan
+from models.registry import ARCHITECTURES
 from run_directory import RunDirectory
-from training.architectures import ARCHITECTURES
 
 
-@dataclass
+@dataclass(frozen=True)
 class Separator:
-    """A loaded model plus what is needed to feed it."""
+    """A separation model as the framing sees it, wherever it came from (a Keras run
+    directory here; later an exported SavedModel or ONNX file)."""
 
-    model: keras.Model
-    config: object  # the architecture's config dataclass
-    arch: str
-    source: str  # where it was loaded from, for messages
-
-    def __post_init__(self):
-        # A graph function frees intermediate tensors as it goes: about half the
-        # peak memory of an eager call on long chunks.
-        def forward(mix):
-            estimates = self.model(mix, training=False)
-            return {source: tf.cast(estimate, tf.float32) for source, estimate in estimates.items()}
-
-        self._forward = tf.function(forward, input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32)])
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def channels(self) -> int:
-        return self.config.channels
+    forward: Callable[[np.ndarray], dict]  # float32 [batch, time, channels] -> {"vocals", "accompaniment"} arrays
+    sample_rate: int
+    channels: int
+    chunk_plan: Callable[[int], ChunkPlan]  # chunk output length -> the plan for calls of about that length
+    source: str  # where the model was loaded from, for messages
+    description: str  # what the model is (e.g. its architecture), for messages
 
     def passes(self, input_channels: int) -> int:
         """Model passes over a song: a mono model runs once per channel of a stereo song."""
         return 2 if self.channels == 1 and input_channels == 2 else 1
-
-    def chunk_plan(self, chunk_output_length: int) -> ChunkPlan:
-        return ARCHITECTURES[self.arch].chunk_plan(self.config, chunk_output_length)
 
     def separate_window(self, window: np.ndarray) -> dict:
         """One model call on ``[input_length, 1 or 2]`` -> sources ``[output_length, same channels]``.
@@ -62,10 +47,10 @@ class Separator:
         A mono model takes a stereo window as a batch of two mono ones; a stereo
         model takes a mono window on both channels and its outputs are averaged."""
         if self.passes(window.shape[1]) == 2:
-            estimates = self._forward(window.T[:, :, None])
-            return {s: keras.ops.convert_to_numpy(e)[:, :, 0].T for s, e in estimates.items()}
-        estimates = self._forward(convert_channels(window, self.channels)[None])
-        return {s: convert_channels(keras.ops.convert_to_numpy(e)[0], window.shape[1]) for s, e in estimates.items()}
+            estimates = self.forward(window.T[:, :, None])
+            return {s: e[:, :, 0].T for s, e in estimates.items()}
+        estimates = self.forward(convert_channels(window, self.channels)[None])
+        return {s: convert_channels(e[0], window.shape[1]) for s, e in estimates.items()}
 
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
@@ -81,8 +66,36 @@ def build_in_precision(build, config, precision: str) -> keras.Model:
         keras.config.set_dtype_policy(previous_policy)
 
 
-def load_separator(path, precision: str = "float32") -> Separator:
-    """Loads a run directory (its best checkpoint, else the last one).
+def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separator:
+    """Wraps a Keras model of a registered architecture: its forward pass, then its inference head."""
+    architecture = ARCHITECTURES[arch]
+
+    # A graph function frees intermediate tensors as it goes: about half the
+    # peak memory of an eager call on long chunks.
+    @tf.function(input_signature=[tf.TensorSpec([None, None, config.channels], tf.float32)])
+    def graph_forward(mix):
+        estimates = architecture.inference_head(model(mix, training=False))
+        return {name: tf.cast(estimate, tf.float32) for name, estimate in estimates.items()}
+
+    def forward(mix: np.ndarray) -> dict:
+        return {s: keras.ops.convert_to_numpy(e) for s, e in graph_forward(mix).items()}
+
+    return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
+                     chunk_plan=functools.partial(architecture.chunk_plan, config), source=source, description=arch)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """The Keras model of a run directory, for what needs more than a Separator (e.g. its weights)."""
+
+    model: keras.Model
+    arch: str
+    config: object  # the architecture's config dataclass
+    checkpoint: Path
+
+
+def load_run(path, precision: str = "float32") -> LoadedRun:
+    """Builds a run directory's model and loads its best checkpoint, else the last one.
 
     ``precision="bfloat16"`` computes in bfloat16 with float32 weights (Keras'
     mixed_bfloat16 policy): faster on CPUs with AVX512-BF16/AMX and on GPUs, at
@@ -93,7 +106,13 @@ def load_separator(path, precision: str = "float32") -> Separator:
     config = architecture.config_from_dict(run["model"])
     model = build_in_precision(architecture.build, config, precision)
     checkpoint = run_directory.load_weights(model)
-    return Separator(model, config, run["arch"], str(checkpoint))
+    return LoadedRun(model, run["arch"], config, checkpoint)
+
+
+def load_separator(path, precision: str = "float32") -> Separator:
+    """A run directory's model as a Separator (see ``load_run``)."""
+    run = load_run(path, precision)
+    return keras_separator(run.model, run.arch, run.config, str(run.checkpoint))
 
 
 class _Fifo:

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data_pipeline.audio import SUPPORTED_EXTENSIONS, AudioError, WavWriter, open_audio, read_blocks  # noqa: E402
-from data_pipeline.pipeline import SOURCES  # noqa: E402
+from data_pipeline.crops import SOURCES  # noqa: E402
 from inference import PRECISIONS, SongSeparation, fit_length, load_separator, positive_seconds  # noqa: E402
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "waveunet-synthetic"
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Model {separator.source} ({separator.arch}, {separator.sample_rate} Hz, "
+    print(f"Model {separator.source} ({separator.description}, {separator.sample_rate} Hz, "
           f"{'stereo' if separator.channels == 2 else 'mono'}, {args.precision}) on {device_description()}")
     if separator.channels == 1:
         print("Mono model: each channel of a stereo input is separated on its own")

@@ -30,8 +30,8 @@ from data_pipeline.audio import AudioError  # noqa: E402
 from data_pipeline.crops import SOURCES, CropSpec  # noqa: E402
 from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, find_problems, get_tracks, \
     load_track  # noqa: E402
+from models.registry import ARCHITECTURES  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
-from training.architectures import ARCHITECTURES  # noqa: E402
 from training.callbacks import TorchScalarWriter, ValidationExamples  # noqa: E402
 from training.checkpointing import ResumableBackup, StopAtStep, backup_progress, optimizer_step  # noqa: E402
 from training.strategy import choose_strategy, cluster_role, describe, fix_keras_for_multi_worker, \
@@ -40,15 +40,8 @@ from training.strategy import choose_strategy, cluster_role, describe, fix_keras
 # The tf.data pipeline where TensorFlow runs the model; the numpy loader elsewhere.
 USES_TF_DATA = keras.backend.backend() == "tensorflow"
 
-# Training settings per named config; flags override them. "small" finishes in
-# minutes on a 2-core CPU. The paper configs take the first stage of f90's recipe
-# (batch 16, Adam 1e-4, validation every 2000 steps, patience 20); its second stage
-# is a fine-tune with --init-from, batch 32 and 1e-5 (README).
-F90_FIRST_STAGE = {"batch_size": 16, "learning_rate": 1e-4, "validate_every": 2000, "patience": 20}
-TRAINING_PRESETS = {
-    "small": {"steps": 400, "batch_size": 8, "learning_rate": 5e-4, "validate_every": 200},
-    **{name: F90_FIRST_STAGE for name in ("M1", "M2", "M3", "M4", "M5", "M5-HighSR")},
-}
+# The base of every run's training settings: the architecture's preset for the named config
+# (models.registry) replaces some of them, flags override both.
 TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8}
 TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed")
@@ -167,7 +160,8 @@ def resolve_run(args) -> tuple[Path, dict]:
                  f"{', '.join(architecture.configs)}")
     else:
         model = architecture.configs[config_name].to_dict()
-    training = {**TRAINING_DEFAULTS, **TRAINING_PRESETS.get(config_name, {}), "init_from": args.init_from}
+    presets = ARCHITECTURES[arch].training_presets  # --init-from may have changed the architecture
+    training = {**TRAINING_DEFAULTS, **presets.get(config_name, {}), "init_from": args.init_from}
     for key in TRAINING_FLAGS:
         if getattr(args, key) is not None:
             training[key] = getattr(args, key)
@@ -307,7 +301,7 @@ def build_model(run: dict, strategy):
         if run["training"].get("init_from"):
             print(f"Starting from {RunDirectory(run['training']['init_from']).load_weights(model)}")
         model.compile(optimizer=keras.optimizers.Adam(run["training"]["learning_rate"]),
-                      loss={source: "mse" for source in SOURCES})
+                      loss=architecture.losses(model_config))
     return model, model_config
 
 

@@ -28,9 +28,11 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inference import PRECISIONS, Separator, build_in_precision, separate_song  # noqa: E402
-from models.waveunet import CONFIGS, build_waveunet, chunk_plan, input_length_for  # noqa: E402
+from inference import PRECISIONS, Separator, build_in_precision, keras_separator, separate_song  # noqa: E402
+from models.registry import ARCHITECTURES  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
+
+WAVEUNET = ARCHITECTURES["waveunet"]
 
 CLIP_RATE = 44100
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -59,21 +61,21 @@ def model_flops(model: keras.Model) -> float:
 
 
 def random_separator(name: str, precision: str) -> Separator:
-    model = build_in_precision(build_waveunet, CONFIGS[name], precision)
-    return Separator(model, CONFIGS[name], "waveunet", f"{name} (random weights)")
+    model = build_in_precision(WAVEUNET.build, WAVEUNET.configs[name], precision)
+    return keras_separator(model, "waveunet", WAVEUNET.configs[name], f"{name} (random weights)")
 
 
 def measure(name: str, precision: str, clip: np.ndarray, chunk_seconds: float, peak: float) -> dict:
-    config = CONFIGS[name]
-    plan = chunk_plan(config, int(chunk_seconds * config.sample_rate))
+    config = WAVEUNET.configs[name]
     separator = random_separator(name, precision)
+    plan = separator.chunk_plan(int(chunk_seconds * config.sample_rate))
     separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)  # warm-up: traces the graph
     start = time.perf_counter()
     separate_song(separator, clip, CLIP_RATE, chunk_seconds)
     seconds = time.perf_counter() - start
     chunks = -(-int(len(clip) / CLIP_RATE * config.sample_rate) // plan.stride)
-    flops = model_flops(build_waveunet(config, plan.input_length)) * chunks * separator.passes(clip.shape[1])
-    f90_input, f90_output = input_length_for(config, config.num_frames)
+    flops = model_flops(WAVEUNET.build(config, plan.input_length)) * chunks * separator.passes(clip.shape[1])
+    f90_input, f90_output = WAVEUNET.input_length_for(config, config.num_frames)
     return {"config": name, "precision": precision, "rate": config.sample_rate, "realtime": len(clip) / CLIP_RATE / seconds,
             "flops_percent": 100 * flops / seconds / peak, "overhead": plan.overhead,
             "f90_overhead": f90_input / f90_output, "seconds": seconds}
@@ -99,9 +101,9 @@ def peak_rss_of_long_separation(minutes: float, model_dir: Path, scratch: Path) 
 
 def save_random_run(name: str, folder: Path) -> Path:
     run_directory = RunDirectory(folder)
-    run_directory.write_config({"arch": "waveunet", "model": CONFIGS[name].to_dict()})
+    run_directory.write_config({"arch": "waveunet", "model": WAVEUNET.configs[name].to_dict()})
     run_directory.checkpoints.mkdir()
-    build_waveunet(CONFIGS[name]).save(run_directory.last_checkpoint)
+    WAVEUNET.build(WAVEUNET.configs[name]).save(run_directory.last_checkpoint)
     return folder
 
 

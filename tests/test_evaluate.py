@@ -7,11 +7,11 @@ import pytest
 import soundfile as sf
 
 import evaluate
+from data_pipeline.crops import SOURCES
 from tests.test_separate import make_run_dir
 from training.metrics import best_gain_estimates, least_squares_gain, signal_to_distortion
 
 RATE = 8000
-SOURCES = ("vocals", "accompaniment")
 
 
 def write_song(folder, rng, seconds=2):

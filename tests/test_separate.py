@@ -7,7 +7,8 @@ import soundfile as sf
 
 import separate
 from data_pipeline.audio import load_audio
-from inference import SongSeparation, load_separator, separate_song
+from inference import Separator, SongSeparation, load_separator, separate_song
+from models.framing import ChunkPlan
 from models.waveunet import WaveUNetConfig, build_waveunet
 from run_directory import RunDirectory
 
@@ -45,6 +46,20 @@ def test_chunked_separation_equals_one_pass(tmp_path, context):
     for source in one_pass:
         assert chunked[source].shape == (5000, 2)
         np.testing.assert_allclose(chunked[source], one_pass[source], atol=1e-5)
+
+
+def test_a_separator_needs_only_a_forward_function_not_a_keras_model():
+    """What an exported model will plug in: here a forward function that calls everything accompaniment."""
+    def forward(mix):
+        return {"vocals": np.zeros_like(mix), "accompaniment": mix}
+
+    separator = Separator(forward=forward, sample_rate=8000, channels=2,
+                          chunk_plan=lambda length: ChunkPlan(length, 0, length, 0, length),
+                          source="a test function", description="everything is accompaniment")
+    song = np.random.default_rng(5).uniform(-0.5, 0.5, (3001, 2)).astype(np.float32)
+    estimates = separate_song(separator, song, 8000, chunk_seconds=0.1)
+    np.testing.assert_array_equal(estimates["accompaniment"], song)
+    np.testing.assert_array_equal(estimates["vocals"], np.zeros_like(song))
 
 
 @pytest.mark.parametrize("rate", [8000, 44100])

@@ -16,7 +16,7 @@ import soundfile as sf
 
 import train
 from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset
-from inference import load_separator
+from inference import load_run
 from models.waveunet import WaveUNetConfig, input_length_for
 from run_directory import RunDirectory
 from training.metrics import best_gain_estimates
@@ -154,10 +154,19 @@ def test_init_from_starts_with_another_runs_weights_and_architecture(tmp_path):
                                                        "--learning-rate", "1e-5"]))
     assert run["model"] == TINY.to_dict() and run["training"]["learning_rate"] == 1e-5
     model, _ = train.build_model(run, train.choose_strategy())
-    for started, trained in zip(model.weights, load_separator(source).model.weights):
+    for started, trained in zip(model.weights, load_run(source).model.weights):
         np.testing.assert_array_equal(started.numpy(), trained.numpy())
     with pytest.raises(SystemExit, match="not a run directory"):
         train.resolve_run(train.parse_args(["--init-from", str(tmp_path), "--run-dir", str(tmp_path / "x")]))
+
+
+@pytest.mark.parametrize("config,expected", [
+    ("small", {"steps": 400, "batch_size": 8, "learning_rate": 5e-4, "validate_every": 200, "patience": 20}),
+    ("M5", {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 2000, "patience": 20}),
+])
+def test_named_configs_train_with_their_architectures_presets(tmp_path, config, expected):
+    _, run = train.resolve_run(train.parse_args(["--config", config, "--run-dir", str(tmp_path / "run")]))
+    assert {key: run["training"][key] for key in expected} == expected
 
 
 def resume(run_dir: Path, *flags: str):
@@ -386,7 +395,7 @@ def test_training_under_jax_without_tensorflow_loads_under_tensorflow(tmp_path):
     assert run_directory.best_checkpoint.is_file() and (run_directory.logs / "metrics.csv").is_file()
     header = (run_directory.logs / "metrics.csv").read_text().splitlines()[0]
     assert "val_sdr_gain_vocals" in header
-    under_tensorflow = load_separator(run_dir).model.predict(mix, verbose=0)["vocals"]
+    under_tensorflow = load_run(run_dir).model.predict(mix, verbose=0)["vocals"]
     np.testing.assert_allclose(under_tensorflow, np.load(tmp_path / "vocals.npy"), atol=1e-5)
 
 
