@@ -53,6 +53,9 @@ class Separator:
         return {s: convert_channels(e[0], window.shape[1]) for s, e in estimates.items()}
 
 
+# The model separate.py (and bench) use when none is named; see its model card.
+PRETRAINED_MODEL = Path(__file__).resolve().parent / "pretrained" / "waveunet-small-mixed"
+
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 

@@ -32,16 +32,15 @@ from tqdm import tqdm  # noqa: E402
 
 from data_pipeline.audio import SUPPORTED_EXTENSIONS, AudioError, WavWriter, open_audio, read_blocks  # noqa: E402
 from data_pipeline.crops import SOURCES  # noqa: E402
-from inference import PRECISIONS, SongSeparation, fit_length, load_separator, positive_seconds  # noqa: E402
-
-PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "waveunet-synthetic"
+from inference import PRECISIONS, PRETRAINED_MODEL, SongSeparation, fit_length, load_separator, \
+    positive_seconds  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="audio files (WAV/FLAC/MP3/OGG), or folders: every such file inside them, at any depth")
-    parser.add_argument("--model", help=f"run directory of a trained model (default: the shipped {PRETRAINED.name})")
+    parser.add_argument("--model", help=f"run directory of a trained model (default: the shipped {PRETRAINED_MODEL.name})")
     parser.add_argument("--out", default="separated",
                         help="output folder: OUT/<stem>/ for a file named here, OUT/<path inside the folder, "
                              "without extension>/ for a file found in a folder (default: separated/)")
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
     except PlanError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    model_path = Path(args.model) if args.model else PRETRAINED
+    model_path = Path(args.model) if args.model else PRETRAINED_MODEL
     if args.model is None:
         print(f"No --model given: using the shipped pretrained model {model_path}")
     try:

@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inference import PRECISIONS, Separator, build_in_precision, keras_separator, separate_song  # noqa: E402
+from inference import PRECISIONS, PRETRAINED_MODEL, Separator, build_in_precision, keras_separator, \
+    separate_song  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 
@@ -133,9 +134,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        pretrained = REPOSITORY / "pretrained" / "waveunet-synthetic"
         model_dir = Path(args.model) if args.model else (
-            pretrained if pretrained.is_dir() else save_random_run("small", scratch / "run"))
+            PRETRAINED_MODEL if PRETRAINED_MODEL.is_dir() else save_random_run("small", scratch / "run"))
         rss = peak_rss_of_long_separation(args.long_minutes, model_dir, scratch)
         audio_gib = args.long_minutes * 60 * CLIP_RATE * 2 * 4 / 2 ** 30
         print(f"Peak RSS separating a {args.long_minutes:g}-minute stereo file with {model_dir.name}: {rss:.2f} GiB "
