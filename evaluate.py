@@ -39,7 +39,8 @@ TRACK_LOAD_ERRORS = (AudioError, ValueError, RuntimeError)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="run directory of a trained model")
+    parser.add_argument("--model", required=True,
+                        help="a run directory, an exported SavedModel version folder or an exported model.onnx")
     parser.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset to score on "
                         "(default: synthetic)")
     parser.add_argument("--data-root", help="dataset folder (every dataset but synthetic)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,7 +29,7 @@ from run_directory import RunDirectory
 @dataclass(frozen=True)
 class Separator:
     """A separation model as the framing sees it, wherever it came from (a Keras run
-    directory here; later an exported SavedModel or ONNX file)."""
+    directory, an exported SavedModel or an ONNX file)."""
 
     forward: Callable[[np.ndarray], dict]  # float32 [batch, time, channels] -> {"vocals", "accompaniment"} arrays
     sample_rate: int
@@ -52,6 +53,9 @@ class Separator:
         estimates = self.forward(convert_channels(window, self.channels)[None])
         return {s: convert_channels(e[0], window.shape[1]) for s, e in estimates.items()}
 
+
+# export.py writes the model's facts under this name in a SavedModel's assets.
+MODEL_FACTS_FILE = "model.json"
 
 # The model separate.py (and bench) use when none is named; see its model card.
 PRETRAINED_MODEL = Path(__file__).resolve().parent / "pretrained" / "waveunet-small-mixed"
@@ -112,8 +116,58 @@ def load_run(path, precision: str = "float32") -> LoadedRun:
     return LoadedRun(model, run["arch"], config, checkpoint)
 
 
+def _separator_from_facts(forward, facts: dict, source: str, runtime: str) -> Separator:
+    """A Separator for an exported model, whose facts (written by export.py) name its
+    architecture and config: the registry gives the chunk plan."""
+    architecture = ARCHITECTURES[facts["arch"]]
+    config = architecture.config_from_dict(facts["model"])
+    return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
+                     chunk_plan=functools.partial(architecture.chunk_plan, config), source=source,
+                     description=f"{facts['arch']} ({runtime})")
+
+
+def saved_model_separator(version_dir: Path) -> Separator:
+    """An exported SavedModel version folder: its ``forward`` function on chunk windows."""
+    facts = json.loads((version_dir / "assets" / MODEL_FACTS_FILE).read_text())
+    loaded = tf.saved_model.load(str(version_dir))  # referenced below: its variables live as long as it does
+
+    def run(mix: np.ndarray) -> dict:
+        return {s: e.numpy() for s, e in loaded.forward(tf.constant(mix)).items()}
+
+    return _separator_from_facts(run, facts, str(version_dir), "SavedModel")
+
+
+def onnx_separator(path: Path) -> Separator:
+    """An exported model.onnx run by ONNX Runtime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    properties = session.get_modelmeta().custom_metadata_map
+    if "wavesep" not in properties:
+        raise ValueError(f"{path}: not an ONNX file written by export.py (no wavesep metadata)")
+    input_name = session.get_inputs()[0].name
+    output_names = [output.name for output in session.get_outputs()]
+
+    def run(mix: np.ndarray) -> dict:
+        return dict(zip(output_names, session.run(None, {input_name: mix})))
+
+    return _separator_from_facts(run, json.loads(properties["wavesep"]), str(path), "ONNX Runtime")
+
+
 def load_separator(path, precision: str = "float32") -> Separator:
-    """A run directory's model as a Separator (see ``load_run``)."""
+    """The model at ``path`` as a Separator: a run directory (see ``load_run``), an
+    exported SavedModel version folder, or an exported model.onnx."""
+    path = Path(path)
+    exported = path.suffix == ".onnx" or (path / "saved_model.pb").is_file()
+    if exported and precision != "float32":
+        raise ValueError(f"{path}: an exported model runs in the precision it was exported in; "
+                         f"--precision {precision} applies to run directories")
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        return onnx_separator(path)
+    if exported:
+        return saved_model_separator(path)
     run = load_run(path, precision)
     return keras_separator(run.model, run.arch, run.config, str(run.checkpoint))
 

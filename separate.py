@@ -2,6 +2,8 @@
 
     python separate.py song.mp3 other.flac --model runs/waveunet-small-... --out separated/
 
+--model takes a run directory, an exported SavedModel version (export/NAME/1) or
+an exported model.onnx (run by ONNX Runtime): all go through the same chunked path.
 writes vocals.wav and accompaniment.wav at each input's own sample rate, channel
 count and length. Inputs: WAV, FLAC, MP3 or OGG, mono or stereo, any length
 (processed in chunks, memory stays bounded).
@@ -40,7 +42,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="audio files (WAV/FLAC/MP3/OGG), or folders: every such file inside them, at any depth")
-    parser.add_argument("--model", help=f"run directory of a trained model (default: the shipped {PRETRAINED_MODEL.name})")
+    parser.add_argument("--model", help="a run directory, an exported SavedModel version folder (export/NAME/1) "
+                                         f"or an exported model.onnx (default: the shipped {PRETRAINED_MODEL.name})")
     parser.add_argument("--out", default="separated",
                         help="output folder: OUT/<stem>/ for a file named here, OUT/<path inside the folder, "
                              "without extension>/ for a file found in a folder (default: separated/)")

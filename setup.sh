@@ -6,10 +6,11 @@ cd "$(dirname "$0")"
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-if ! command -v ffmpeg >/dev/null; then
+if ! command -v ffmpeg >/dev/null || ! command -v chromedriver >/dev/null; then
     # ffmpeg decodes MUSDB18 .stem.mp4; libsndfile (in the soundfile wheel) does WAV/FLAC/MP3/OGG.
+    # chromium + chromium-driver run the browser test of the server's web page.
     $SUDO apt-get update -q
-    $SUDO apt-get install -y -q ffmpeg
+    $SUDO apt-get install -y -q ffmpeg chromium chromium-driver
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -1,0 +1,225 @@
+"""Export a trained model for TensorFlow Serving (and ONNX Runtime, and TF-TRT on GPUs).
+
+    python export.py --model runs/my-run --out export/wavesep [--version N] [--onnx] [--trt fp16]
+
+writes ``export/wavesep/<version>/`` in TF Serving's layout (``saved_model.pb``,
+``variables/``, ``assets/model.json``); the version is the next integer unless
+``--version`` says. The folder is written under a temporary name and renamed into
+place, so a server watching ``export/wavesep`` never sees half a version.
+
+Signatures:
+  serving_default  waveform float32 [batch, time, channels] at the model's sample rate,
+                   any time -> vocals, accompaniment (same shape); framing inside the graph
+  separate_audio   audio_bytes: WAV files (16-bit PCM, any rate, mono or stereo)
+                   -> vocals_bytes, accompaniment_bytes (WAV at the input's rate)
+The model's facts (architecture, config, sample rate, channels, training data,
+project version) are in assets/model.json and printed by
+``saved_model_cli show --all --dir export/wavesep/<version>``.
+
+Before the version is renamed into place, the SavedModel is reloaded and checked
+against the Keras model on a test signal (and the ONNX file against TensorFlow):
+the export fails if they differ by more than 1e-4.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from inference import MODEL_FACTS_FILE, PRETRAINED_MODEL, keras_separator, load_run, positive_seconds, separate_song  # noqa: E402
+from models.registry import ARCHITECTURES  # noqa: E402
+from run_directory import RunDirectory  # noqa: E402
+from serving_graph import SeparationModule  # noqa: E402
+
+PROJECT_VERSION = "0.3.0"
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17  # tf2onnx 1.17 with onnx 1.17: 17 and 18 work, 19 is refused
+PARITY_TOLERANCE = 1e-4
+TEST_SIGNAL_WINDOWS = 2.5  # chunk-plan windows in the test signal: a cut, a whole window and a partial one
+
+
+class ExportError(Exception):
+    """An export that cannot be done; nothing has been written."""
+
+
+def tensorrt_available() -> bool:
+    return bool(tf.sysconfig.get_build_info().get("is_tensorrt_build", False))
+
+
+TENSORRT_MISSING = (
+    "--trt needs TensorFlow built with TensorRT, and a GPU; this TensorFlow ({version}) has no TensorRT. "
+    "On a Linux x86-64 host with an NVIDIA GPU: pip install 'tensorflow[and-cuda]==2.16.2' tensorrt==8.6.1 "
+    "(TF-TRT is compiled out of TensorFlow >= 2.18), run this command there, and serve the export with the "
+    "tensorflow/serving:2.16.1-gpu image (serve/compose.yaml). Without TensorRT, --onnx gives a model.onnx "
+    "that ONNX Runtime and TensorRT itself can run.")
+
+
+def next_version(base: Path) -> int:
+    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def model_facts(run_dir: Path, run: dict, checkpoint: Path, plan, precision: str) -> dict:
+    architecture_config = run["model"]
+    return {
+        "project": "wavesep",
+        "project_version": PROJECT_VERSION,
+        "arch": run["arch"],
+        "config_name": run.get("config_name"),
+        "model": architecture_config,
+        "sample_rate": architecture_config["sample_rate"],
+        "channels": architecture_config["channels"],
+        "sources": ["vocals", "accompaniment"],
+        "training_data": run.get("data"),
+        "training": run.get("training"),
+        "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
+        "chunk_plan": dataclasses.asdict(plan),
+        "precision": precision,
+    }
+
+
+def probe_signal(sample_rate: int, channels: int, length: int) -> np.ndarray:
+    """Tones and noise below full scale: ``[time, channels]``."""
+    t = np.arange(length) / sample_rate
+    rng = np.random.default_rng(0)
+    tones = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1234.5 * t)
+    signal = tones[:, None] + 0.1 * rng.standard_normal((length, channels))
+    return signal.astype(np.float32)
+
+
+def check_saved_model(version_dir: Path, module: SeparationModule, loaded_run, chunk_seconds: float) -> float:
+    """Max abs difference between the reloaded SavedModel's serving_default and the
+    Keras model run through inference's numpy chunked path on the test signal."""
+    signal = probe_signal(module.sample_rate, module.channels, int(TEST_SIGNAL_WINDOWS * module.plan.stride) + 7)
+    reloaded = tf.saved_model.load(str(version_dir))
+    exported = reloaded.signatures["serving_default"](waveform=tf.constant(signal[None]))
+    keras_path = separate_song(keras_separator(loaded_run.model, loaded_run.arch, loaded_run.config, "keras"),
+                               signal, module.sample_rate, chunk_seconds=chunk_seconds)
+    return max(float(np.max(np.abs(exported[s].numpy()[0] - keras_path[s]))) for s in keras_path)
+
+
+def write_onnx(version_dir: Path, module: SeparationModule, facts: dict) -> float:
+    """``forward`` (one model call on chunk-plan windows) as model.onnx, facts in its
+    metadata; returns its max abs difference from TensorFlow on test windows."""
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    onnx_model, _ = tf2onnx.convert.from_function(module.forward, input_signature=[module.window_spec],
+                                                  opset=ONNX_OPSET)
+    onnx.helper.set_model_props(onnx_model, {"wavesep": json.dumps(facts, sort_keys=True)})
+    path = version_dir / ONNX_FILE
+    onnx.save(onnx_model, str(path))
+
+    windows = np.random.default_rng(1).uniform(-0.5, 0.5, (2, module.plan.input_length, module.channels))
+    windows = windows.astype(np.float32)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()],
+                       session.run(None, {session.get_inputs()[0].name: windows})))
+    reference = module.forward(tf.constant(windows))
+    return max(float(np.max(np.abs(outputs[s] - reference[s].numpy()))) for s in reference)
+
+
+def convert_with_tensorrt(saved_model_dir: Path, output_dir: Path, precision: str) -> None:
+    from tensorflow.python.compiler.tensorrt import trt_convert as trt
+
+    converter = trt.TrtGraphConverterV2(
+        input_saved_model_dir=str(saved_model_dir),
+        precision_mode=trt.TrtPrecisionMode.FP16 if precision == "fp16" else trt.TrtPrecisionMode.FP32)
+    converter.convert()
+    converter.save(str(output_dir))
+    shutil.copytree(saved_model_dir / "assets", output_dir / "assets", dirs_exist_ok=True)
+
+
+def export_run(run_dir, base_dir, version: int | None = None, onnx: bool = False, trt: str | None = None,
+               chunk_seconds: float = 5.0, log=print) -> Path:
+    """Exports a run directory's model to ``base_dir/<version>/``; returns that folder."""
+    if trt is not None and not tensorrt_available():
+        raise ExportError(TENSORRT_MISSING.format(version=tf.__version__))
+    run_dir, base_dir = Path(run_dir), Path(base_dir)
+    run = RunDirectory(run_dir).read_config()
+    loaded = load_run(run_dir)
+    architecture = ARCHITECTURES[loaded.arch]
+    version = next_version(base_dir) if version is None else version
+    version_dir = base_dir / str(version)
+    if version_dir.exists():
+        raise ExportError(f"{version_dir} exists already; pick another --version or leave it out")
+
+    plan = architecture.chunk_plan(loaded.config, max(1, int(chunk_seconds * loaded.config.sample_rate)))
+    facts = model_facts(run_dir, run, loaded.checkpoint, plan, trt or "float32")
+    module = SeparationModule(loaded.model, architecture, loaded.config, plan, facts)
+    base_dir.mkdir(parents=True, exist_ok=True)
+    # The temporary folders sit beside the versions (same file system: the rename is
+    # atomic) under names that are not integers, which servers ignore.
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=base_dir))
+    try:
+        saved_model_dir = staging / "saved_model"
+        facts_file = staging / MODEL_FACTS_FILE
+        facts_file.write_text(json.dumps(facts, indent=2, sort_keys=True))
+        module.facts_asset = tf.saved_model.Asset(str(facts_file))
+        tf.saved_model.save(module, str(saved_model_dir), signatures=module.signatures())
+
+        difference = check_saved_model(saved_model_dir, module, loaded, chunk_seconds)
+        log(f"SavedModel vs Keras model on a test signal of {TEST_SIGNAL_WINDOWS:g} windows: "
+            f"max abs diff {difference:.2e}")
+        if not difference <= PARITY_TOLERANCE:
+            raise ExportError(f"the exported model differs from the Keras model by {difference:.2e} "
+                              f"(> {PARITY_TOLERANCE:g}); nothing was written")
+        if onnx:
+            difference = write_onnx(saved_model_dir, module, facts)
+            log(f"ONNX Runtime vs TensorFlow on test windows: max abs diff {difference:.2e}")
+            if not difference <= PARITY_TOLERANCE:
+                raise ExportError(f"the ONNX model differs from TensorFlow by {difference:.2e} "
+                                  f"(> {PARITY_TOLERANCE:g}); nothing was written")
+        if trt is not None:
+            converted = staging / "tensorrt"
+            convert_with_tensorrt(saved_model_dir, converted, trt)
+            saved_model_dir = converted
+        saved_model_dir.rename(version_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version_dir
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(PRETRAINED_MODEL),
+                        help=f"run directory of a trained model (default: the shipped {PRETRAINED_MODEL.name})")
+    parser.add_argument("--out", required=True, help="model base folder, e.g. export/wavesep; versions go inside")
+    parser.add_argument("--version", type=int, help="version number (default: one more than the highest there)")
+    parser.add_argument("--onnx", action="store_true",
+                        help=f"also write {ONNX_FILE} (one model call on chunk windows) for ONNX Runtime")
+    parser.add_argument("--trt", choices=["fp32", "fp16"],
+                        help="convert with TF-TRT for NVIDIA GPUs (needs TensorFlow built with TensorRT)")
+    parser.add_argument("--chunk-seconds", type=positive_seconds, default=5.0,
+                        help="audio per model window inside the graph (default: 5)")
+    args = parser.parse_args(argv)
+    if args.version is not None and args.version < 1:
+        parser.error("--version must be a positive integer")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        version_dir = export_run(args.model, args.out, args.version, onnx=args.onnx, trt=args.trt,
+                                 chunk_seconds=args.chunk_seconds)
+    except (ExportError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"Exported {args.model} to {version_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

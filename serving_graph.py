@@ -1,0 +1,169 @@
+"""The TensorFlow graph of an exported model: what TF Serving (or ``serve/``) runs.
+
+A ``SeparationModule`` wraps a trained Keras model of any registered architecture
+with the signatures the exported SavedModel offers:
+
+    serving_default   waveform float32 [batch, time, channels] at the model's rate
+                      -> vocals, accompaniment (same shape)
+    separate_audio    audio_bytes string [batch] (16-bit PCM WAV, any rate, 1 or 2
+                      channels) -> vocals_bytes, accompaniment_bytes (WAV, the
+                      input's rate, channels and length)
+
+and two functions that are not signatures: ``forward`` (one model call on
+chunk-plan windows, what ``inference`` runs through its chunked path, and what the
+ONNX file holds) and ``model_facts`` (the facts as a JSON string, traced with them
+as its argument so that ``saved_model_cli show --all`` prints them). Framing is
+``models.framing``'s ``frame_tf``/``stitch_tf`` with the architecture's
+``ChunkPlan``: the same windows as separate.py's chunked path. Core TF ops only,
+so a stock TF Serving binary runs it.
+"""
+from __future__ import annotations
+
+import json
+
+import keras
+import tensorflow as tf
+
+from models.framing import ChunkPlan, frame_tf, stitch_tf
+from models.registry import Architecture
+
+SIGNATURES = ("serving_default", "separate_audio")
+
+
+def resample_tf(signal, from_rate, to_rate):
+    """``[time, channels]`` from one sample rate to another (rates may be run-time
+    tensors): an ideal low-pass (FFT) resampler over the whole signal.
+
+    The signal is zero-padded at its end to a whole number of seconds plus at least
+    0.1 s, so the FFT's periodic extension puts silence on both sides of the song,
+    and both lengths are exact multiples of their rates (no time stretch). The
+    output has ``ceil(time * to_rate / from_rate)`` samples."""
+    from_rate = tf.cast(from_rate, tf.int32)
+    to_rate = tf.cast(to_rate, tf.int32)
+    return tf.cond(from_rate == to_rate, lambda: tf.identity(signal),
+                   lambda: _fft_resample(signal, from_rate, to_rate))
+
+
+def _fft_resample(signal, from_rate, to_rate):
+    length = tf.shape(signal)[0]
+    seconds = (length + from_rate // 10 + from_rate - 1) // from_rate + 1
+    padded_in, padded_out = seconds * from_rate, seconds * to_rate
+    by_channel = tf.transpose(tf.pad(signal, [[0, padded_in - length], [0, 0]]))
+    spectrum = tf.signal.rfft(by_channel)
+    bins_out = padded_out // 2 + 1
+    kept = tf.minimum(tf.shape(spectrum)[1], bins_out)
+    # Downsampling: the bins above the new Nyquist frequency are dropped. The new
+    # Nyquist bin itself is zeroed, since it cannot carry a phase.
+    last_bin = tf.cast(tf.logical_and(padded_out < padded_in, padded_out % 2 == 0), tf.int32)
+    spectrum = tf.pad(spectrum[:, :kept - last_bin], [[0, 0], [0, bins_out - kept + last_bin]])
+    resampled = tf.signal.irfft(spectrum, fft_length=[padded_out])
+    resampled *= tf.cast(padded_out, tf.float32) / tf.cast(padded_in, tf.float32)
+    out_length = (length * to_rate + from_rate - 1) // from_rate
+    return tf.transpose(resampled)[:out_length]
+
+
+class SeparationModule(tf.Module):
+    """A Keras separator as a SavedModel: see the module docstring."""
+
+    def __init__(self, model: keras.Model, architecture: Architecture, config, plan: ChunkPlan, facts: dict,
+                 windows_per_call: int = 4):
+        super().__init__(name="wavesep")
+        self._model = model  # its variables are tracked below; the Keras object itself is not saved
+        self.model_variables = list(model.variables)
+        self._architecture = architecture
+        self.channels = config.channels
+        self.sample_rate = config.sample_rate
+        self.plan = plan
+        self.windows_per_call = windows_per_call
+        self.facts_json = json.dumps(facts, sort_keys=True)
+
+        self.window_spec = tf.TensorSpec([None, None, self.channels], tf.float32, name="windows")
+        self.forward = tf.function(self._forward, input_signature=[self.window_spec])
+        self.serving_default = tf.function(
+            self._serving_default, input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32,
+                                                                  name="waveform")])
+        self.separate_audio = tf.function(
+            self._separate_audio, input_signature=[tf.TensorSpec([None], tf.string, name="audio_bytes")])
+        # Traced with the facts as its (constant) argument: `saved_model_cli show --all` prints them.
+        self.model_facts = tf.function(lambda facts: tf.constant(self.facts_json))
+        self.model_facts.get_concrete_function(
+            {key: value if isinstance(value, str) else json.dumps(value) for key, value in facts.items()})
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.serving_default.get_concrete_function(),
+                "separate_audio": self.separate_audio.get_concrete_function()}
+
+    def _forward(self, windows):
+        """Chunk-plan windows ``[n, input_length, channels]`` -> {source: ``[n, output_length, channels]``}."""
+        estimates = self._architecture.inference_head(self._model(windows, training=False))
+        return {source: tf.cast(estimate, tf.float32) for source, estimate in estimates.items()}
+
+    def _separate_song(self, song):
+        """``[time, channels]`` -> (vocals, accompaniment), each ``[time, channels]``.
+
+        The windows go through the model ``windows_per_call`` at a time (fewer when
+        the song needs fewer), in a loop, so memory stays bounded for long songs."""
+        plan, channels = self.plan, self.channels
+        windows = frame_tf(song, plan)
+        count = tf.shape(windows)[0]
+        # At least one call of one window, even for an empty song: a loop that runs
+        # no iterations cannot stack its (partly unknown) output shape.
+        calls = tf.maximum((count + self.windows_per_call - 1) // self.windows_per_call, 1)
+        per_call = tf.maximum((count + calls - 1) // calls, 1)
+        windows = tf.pad(windows, [[0, calls * per_call - count], [0, 0], [0, 0]])
+        grouped = tf.reshape(windows, [calls, per_call, plan.input_length, channels])
+
+        def one_call(group):
+            estimates = self._forward(group)
+            return tf.stack([estimates["vocals"], estimates["accompaniment"]])
+
+        outputs = tf.map_fn(one_call, grouped, fn_output_signature=tf.TensorSpec(
+            [2, None, plan.output_length, channels], tf.float32))
+        outputs = tf.reshape(tf.transpose(outputs, [1, 0, 2, 3, 4]), [2, -1, plan.output_length, channels])
+        length = tf.shape(song)[0]
+        return stitch_tf(outputs[0, :count], plan, length), stitch_tf(outputs[1, :count], plan, length)
+
+    def _serving_default(self, waveform):
+        vocals, accompaniment = tf.map_fn(
+            self._separate_song, waveform,
+            fn_output_signature=(tf.TensorSpec([None, self.channels], tf.float32),) * 2)
+        return {"vocals": vocals, "accompaniment": accompaniment}
+
+    def _separate_in_input_channels(self, audio):
+        """``[time, 1 or 2]`` at the model's rate -> (vocals, accompaniment) with the same channels,
+        as ``inference.Separator.separate_window`` does it: a mono model takes each
+        channel of a stereo song in turn; a stereo model hears a mono song on both
+        channels and its outputs are averaged."""
+        if self.channels == 1:
+            vocals, accompaniment = tf.map_fn(
+                lambda channel: self._separate_song(channel[:, None]), tf.transpose(audio),
+                fn_output_signature=(tf.TensorSpec([None, 1], tf.float32),) * 2)
+            return tf.transpose(vocals[:, :, 0]), tf.transpose(accompaniment[:, :, 0])
+        mono = tf.shape(audio)[1] == 1
+        stereo = tf.cond(mono, lambda: tf.tile(audio, [1, 2]), lambda: audio)
+        estimates = self._separate_song(stereo)
+        return tuple(tf.cond(mono, lambda e=e: tf.reduce_mean(e, axis=1, keepdims=True), lambda e=e: e)
+                     for e in estimates)
+
+    def _separate_wav(self, wav_bytes):
+        audio, rate = tf.audio.decode_wav(wav_bytes)
+        length, channels = tf.shape(audio)[0], tf.shape(audio)[1]
+        with tf.control_dependencies([
+            tf.debugging.assert_greater(length, 0, message="the WAV holds no samples"),
+            tf.debugging.assert_less_equal(channels, 2, message="only mono or stereo WAVs can be separated"),
+        ]):
+            audio = tf.identity(audio)
+        model_input = resample_tf(audio, rate, self.sample_rate)
+        # What the round trip through the model's rate loses (the band above its
+        # Nyquist frequency) goes to the accompaniment, so the sources add up to the input.
+        round_trip_loss = audio - resample_tf(model_input, self.sample_rate, rate)[:length]
+        vocals, accompaniment = self._separate_in_input_channels(model_input)
+        vocals = resample_tf(vocals, self.sample_rate, rate)[:length]
+        accompaniment = resample_tf(accompaniment, self.sample_rate, rate)[:length] + round_trip_loss
+        return (tf.audio.encode_wav(tf.clip_by_value(vocals, -1.0, 1.0), rate),
+                tf.audio.encode_wav(tf.clip_by_value(accompaniment, -1.0, 1.0), rate))
+
+    def _separate_audio(self, audio_bytes):
+        vocals, accompaniment = tf.map_fn(
+            self._separate_wav, audio_bytes, fn_output_signature=(tf.TensorSpec([], tf.string),) * 2)
+        return {"vocals_bytes": vocals, "accompaniment_bytes": accompaniment}

@@ -1,0 +1,192 @@
+"""export.py: TF Serving layout, atomic versions, both signatures against the Keras
+model, the ONNX file, the TF-TRT error on this CPU build, and separate.py on exports."""
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.signal
+import soundfile as sf
+import tensorflow as tf
+
+import export
+import separate
+from inference import MODEL_FACTS_FILE, load_separator, separate_song
+from models.waveunet import WaveUNetConfig
+from serving_graph import resample_tf
+from tests.test_separate import make_run_dir
+
+RATE = 8000
+# The SavedModel and the Keras model run the same float32 kernels on the same windows.
+TOLERANCE = 1e-5
+# 16-bit WAV output: half a step of 2**-15, plus float rounding.
+WAV_TOLERANCE = 2 ** -15 + 1e-5
+
+
+def tiny_config(context: bool, channels: int) -> WaveUNetConfig:
+    return WaveUNetConfig(num_layers=3, num_initial_filters=8, context=context, output_type="difference",
+                          channels=channels, sample_rate=RATE, num_frames=1024)
+
+
+@pytest.fixture(scope="module", params=[(True, 2), (False, 1)], ids=["stereo-context", "mono-same-padding"])
+def config(request):
+    return tiny_config(*request.param)
+
+
+@pytest.fixture(scope="module")
+def exported(config, tmp_path_factory):
+    """(run dir, version dir) of a tiny random model exported with small windows, so songs span several."""
+    run_dir = make_run_dir(tmp_path_factory.mktemp("run") / "tiny", config)
+    version_dir = export.export_run(run_dir, tmp_path_factory.mktemp("export") / "tiny", onnx=True,
+                                    chunk_seconds=0.1, log=lambda message: None)
+    return run_dir, version_dir
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported[1]))
+
+
+def song(length: int, channels: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-0.5, 0.5, (length, channels)).astype(np.float32)
+
+
+def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def read_wav(data: bytes):
+    audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return audio, rate
+
+
+def test_versions_are_numbered_and_written_atomically(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", tiny_config(True, 2))
+    base = tmp_path / "export" / "tiny"
+    quiet = {"chunk_seconds": 0.1, "log": lambda message: None}
+    assert export.export_run(run_dir, base, **quiet) == base / "1"
+    assert export.export_run(run_dir, base, **quiet) == base / "2"
+    assert export.export_run(run_dir, base, version=7, **quiet) == base / "7"
+    assert export.export_run(run_dir, base, **quiet) == base / "8"
+    with pytest.raises(export.ExportError, match="exists already"):
+        export.export_run(run_dir, base, version=2, **quiet)
+    # Only whole versions: the staging folders are gone, each version is a full SavedModel.
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "7", "8"]
+    for version in base.iterdir():
+        assert {p.name for p in version.iterdir()} >= {"saved_model.pb", "variables", "assets"}
+        facts = json.loads((version / "assets" / MODEL_FACTS_FILE).read_text())
+        assert (facts["arch"], facts["sample_rate"], facts["channels"]) == ("waveunet", RATE, 2)
+
+
+def test_a_failed_parity_check_writes_nothing(tmp_path, monkeypatch):
+    run_dir = make_run_dir(tmp_path / "run", tiny_config(True, 2))
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(export.ExportError, match="differs from the Keras model"):
+        export.export_run(run_dir, tmp_path / "export", chunk_seconds=0.1, log=lambda message: None)
+    assert list((tmp_path / "export").iterdir()) == []
+
+
+@pytest.mark.parametrize("length", [0, 1, 500, 3001])
+def test_serving_default_equals_the_keras_chunked_path(exported, loaded, config, length):
+    run_dir, _ = exported
+    mix = song(length, config.channels, seed=length)
+    outputs = loaded.signatures["serving_default"](waveform=tf.constant(mix[None]))
+    reference = separate_song(load_separator(run_dir), mix, RATE, chunk_seconds=0.1)
+    for source in reference:
+        assert outputs[source].shape == (1, length, config.channels)
+        np.testing.assert_allclose(outputs[source].numpy()[0], reference[source], atol=TOLERANCE)
+
+
+def test_serving_default_separates_each_song_of_a_batch_alone(loaded, config):
+    batch = np.stack([song(1234, config.channels, seed) for seed in (1, 2)])
+    together = loaded.signatures["serving_default"](waveform=tf.constant(batch))
+    for index in range(2):
+        alone = loaded.signatures["serving_default"](waveform=tf.constant(batch[index:index + 1]))
+        for source in ("vocals", "accompaniment"):
+            np.testing.assert_allclose(together[source].numpy()[index], alone[source].numpy()[0], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("rate, channels", [(RATE, 2), (RATE, 1), (44100, 2), (11025, 1)])
+def test_separate_audio_returns_wavs_at_the_input_rate_channels_and_length(exported, loaded, rate, channels):
+    run_dir, _ = exported
+    mix = song(int(0.45 * rate) + 3, channels, seed=rate) * 0.5
+    outputs = loaded.signatures["separate_audio"](audio_bytes=tf.constant([wav_bytes(mix, rate)]))
+    vocals, vocals_rate = read_wav(outputs["vocals_bytes"].numpy()[0])
+    accompaniment, _ = read_wav(outputs["accompaniment_bytes"].numpy()[0])
+    assert vocals_rate == rate and vocals.shape == accompaniment.shape == mix.shape
+    quantized_mix, _ = read_wav(wav_bytes(mix, rate))
+    # A difference-output model: the sources add up to the input at every rate (what
+    # the model's rate cannot carry goes to the accompaniment).
+    np.testing.assert_allclose(vocals + accompaniment, quantized_mix, atol=2 * WAV_TOLERANCE)
+    if rate == RATE:  # no resampling: the same numbers as the Keras path, up to 16-bit output
+        reference = separate_song(load_separator(run_dir), quantized_mix, RATE)
+        np.testing.assert_allclose(vocals, reference["vocals"], atol=WAV_TOLERANCE)
+
+
+def test_separate_audio_rejects_what_is_not_a_mono_or_stereo_wav(loaded):
+    signature = loaded.signatures["separate_audio"]
+    for data, message in [(b"not a wav file", "RIFF"), (wav_bytes(song(100, 5), RATE), "mono or stereo"),
+                          (wav_bytes(np.zeros((0, 2), np.float32), RATE), "no samples")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            signature(audio_bytes=tf.constant([data]))
+
+
+@pytest.mark.parametrize("from_rate, to_rate", [(44100, 22050), (22050, 44100), (44100, 16000), (8000, 8000)])
+def test_in_graph_resampling_keeps_a_tone_and_matches_scipy(from_rate, to_rate):
+    length = int(0.5 * from_rate) + 11
+    t = np.arange(length) / from_rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[:, None]
+    resampled = resample_tf(tf.constant(tone), from_rate, to_rate).numpy()
+    expected_length = -(-length * to_rate // from_rate)
+    assert resampled.shape == (expected_length, 1)
+    t_out = np.arange(expected_length) / to_rate
+    interior = slice(to_rate // 20, -to_rate // 20)  # the song's edges meet silence
+    np.testing.assert_allclose(resampled[interior, 0], 0.5 * np.sin(2 * np.pi * 440 * t_out)[interior], atol=2e-3)
+    # scipy's FFT resampler over the same zero-padded signal, as the graph pads it.
+    seconds = -(-(length + from_rate // 10) // from_rate) + 1
+    padded = np.pad(tone[:, 0], (0, seconds * from_rate - length))
+    reference = scipy.signal.resample(padded, seconds * to_rate)[:expected_length]
+    np.testing.assert_allclose(resampled[:, 0], reference, atol=1e-3)
+
+
+def test_onnx_file_separates_like_the_saved_model(exported, config):
+    _, version_dir = exported
+    mix = song(2500, config.channels, seed=3)
+    from_onnx = separate_song(load_separator(version_dir / export.ONNX_FILE), mix, RATE)
+    from_saved_model = separate_song(load_separator(version_dir), mix, RATE)
+    assert load_separator(version_dir / export.ONNX_FILE).description == "waveunet (ONNX Runtime)"
+    for source in from_onnx:
+        np.testing.assert_allclose(from_onnx[source], from_saved_model[source], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("model", ["version", "onnx"])
+def test_separate_py_takes_an_exported_model(exported, tmp_path, model):
+    _, version_dir = exported
+    path = version_dir if model == "version" else version_dir / export.ONNX_FILE
+    audio = song(3000, 2, seed=4)
+    sf.write(tmp_path / "song.wav", audio, 16000)
+    assert separate.main([str(tmp_path / "song.wav"), "--model", str(path), "--out", str(tmp_path / "out")]) == 0
+    vocals, rate = sf.read(tmp_path / "out" / "song" / "vocals.wav", always_2d=True)
+    assert rate == 16000 and vocals.shape == audio.shape
+
+
+def test_trt_without_tensorrt_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    assert not export.tensorrt_available()  # the CPU wheel this suite runs on
+    run_dir = make_run_dir(tmp_path / "run", tiny_config(True, 2))
+    assert export.main(["--model", str(run_dir), "--out", str(tmp_path / "export"), "--trt", "fp16"]) == 1
+    error = capsys.readouterr().err
+    assert "TensorRT" in error and "tensorflow[and-cuda]" in error and "gpu" in error
+    assert not (tmp_path / "export").exists()
+
+
+def test_saved_model_cli_prints_the_model_facts(exported):
+    _, version_dir = exported
+    shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all",
+                            "--dir", str(version_dir)], capture_output=True, text=True, check=True).stdout
+    assert "signature_def['serving_default']" in shown and "signature_def['separate_audio']" in shown
+    assert "'arch': 'waveunet'" in shown and f"'sample_rate': '{RATE}'" in shown
+    assert "'project_version': " in shown and "'training_data': " in shown
