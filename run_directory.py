@@ -1,7 +1,9 @@
 """The layout of a run directory, in one place; train, inference, bench and tests use it.
 
     config.json        the resolved configuration (the model can be rebuilt from it)
-    checkpoints/       best.keras (lowest validation loss) and last.keras
+    checkpoints/       best.keras (lowest validation loss) and last.keras; a shipped
+                       model may hold only best.float16.npz (its weights stored in
+                       float16, loaded as float32: half the size)
     backup/            the resumable training state (training.checkpointing)
     logs/              TensorBoard event files, or CSV where TensorFlow is absent
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class RunDirectory:
         return self.checkpoints / "last.keras"
 
     @property
+    def float16_checkpoint(self) -> Path:
+        return self.checkpoints / "best.float16.npz"
+
+    @property
     def backup(self) -> Path:
         return self.path / "backup"
 
@@ -55,18 +63,44 @@ class RunDirectory:
         self.config_file.write_text(json.dumps(run, indent=2))
 
     def checkpoint(self) -> Path:
-        """The best checkpoint, else the last one."""
-        found = next((c for c in (self.best_checkpoint, self.last_checkpoint) if c.is_file()), None)
+        """The best checkpoint, else the last one, else the float16 copy of the best."""
+        candidates = (self.best_checkpoint, self.last_checkpoint, self.float16_checkpoint)
+        found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"{self.path}: no checkpoints/best.keras or last.keras yet")
+            raise FileNotFoundError(f"{self.path}: no checkpoints/best.keras, last.keras or best.float16.npz yet")
         return found
 
     def load_weights(self, model) -> Path:
-        """Loads the best (else last) checkpoint into ``model``; returns its path."""
+        """Loads the best (else last, else float16) checkpoint into ``model``; returns its path."""
         checkpoint = self.checkpoint()
         try:
-            model.load_weights(checkpoint)
+            if checkpoint == self.float16_checkpoint:
+                _load_float16_weights(model, checkpoint)
+            else:
+                model.load_weights(checkpoint)
         except ValueError as error:
             raise ValueError(f"{checkpoint} does not match the model described by {self.config_file}: "
                              f"{error}") from None
         return checkpoint
+
+    def save_float16_weights(self, model) -> Path:
+        """Stores ``model``'s weights in float16 (``best.float16.npz``), keyed by their paths."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        weights = {f"{index:04d}:{weight.path}": np.asarray(weight.numpy(), np.float16)
+                   for index, weight in enumerate(model.weights)}
+        np.savez(self.float16_checkpoint, **weights)
+        return self.float16_checkpoint
+
+
+def _load_float16_weights(model, path: Path) -> None:
+    with np.load(path) as stored:
+        names = sorted(stored.files)
+        expected = [f"{index:04d}:{weight.path}" for index, weight in enumerate(model.weights)]
+        if names != expected:
+            raise ValueError(f"it holds {len(names)} weights {names[:2]}..., the model has {len(expected)} "
+                             f"{expected[:2]}...")
+        arrays = [stored[name].astype(np.float32) for name in names]
+    for weight, array in zip(model.weights, arrays):
+        if tuple(weight.shape) != array.shape:
+            raise ValueError(f"{weight.path} has shape {tuple(weight.shape)}, the file {array.shape}")
+    model.set_weights(arrays)

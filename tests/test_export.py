@@ -14,7 +14,7 @@ import tensorflow as tf
 import export
 import separate
 from inference import MODEL_FACTS_FILE, load_separator, separate_song
-from models.waveunet import WaveUNetConfig
+from models.waveunet import CONFIGS, WaveUNetConfig
 from serving_graph import resample_tf
 from tests.test_separate import make_run_dir
 
@@ -190,3 +190,31 @@ def test_saved_model_cli_prints_the_model_facts(exported):
     assert "signature_def['serving_default']" in shown and "signature_def['separate_audio']" in shown
     assert "'arch': 'waveunet'" in shown and f"'sample_rate': '{RATE}'" in shown
     assert "'project_version': " in shown and "'training_data': " in shown
+
+
+def test_float16_run_halves_the_weights_and_separates_within_1e3(tmp_path, capsys):
+    """What a shipped model may use: an M4-sized model (the size that needs it) in float16 storage."""
+    m4 = WaveUNetConfig(**{**CONFIGS["M4"].to_dict(), "sample_rate": RATE})
+    run_dir = make_run_dir(tmp_path / "run", m4)
+    assert export.main(["--model", str(run_dir), "--float16-run", str(tmp_path / "compact")]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+    compact = tmp_path / "compact" / "checkpoints"
+    assert [p.name for p in compact.iterdir()] == ["best.float16.npz"]
+    full_size = (run_dir / "checkpoints" / "last.keras").stat().st_size
+    assert (compact / "best.float16.npz").stat().st_size < 0.55 * full_size
+    mix = song(RATE * 2, 2, seed=5)
+    reference = separate_song(load_separator(run_dir), mix, RATE)
+    loaded = separate_song(load_separator(tmp_path / "compact"), mix, RATE)
+    assert 0 < max(np.abs(loaded[s] - reference[s]).max() for s in reference) <= export.FLOAT16_TOLERANCE
+    # Not written over a non-empty folder.
+    assert export.main(["--model", str(run_dir), "--float16-run", str(tmp_path / "compact")]) == 1
+
+
+def test_float16_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", tiny_config(True, 2))
+    export.write_float16_run(run_dir, tmp_path / "compact", log=lambda message: None)
+    config = json.loads((tmp_path / "compact" / "config.json").read_text())
+    config["model"]["num_initial_filters"] = 4
+    (tmp_path / "compact" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match the model"):
+        load_separator(tmp_path / "compact")
