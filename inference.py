@@ -22,7 +22,7 @@ import tensorflow as tf
 from data_pipeline.audio import convert_channels
 from data_pipeline.crops import SOURCES
 from models.framing import ChunkPlan
-from models.registry import ARCHITECTURES
+from models.registry import ARCHITECTURES, PRECISIONS, build_in_precision  # noqa: F401 (re-exported for the CLIs)
 from run_directory import RunDirectory
 
 
@@ -59,19 +59,6 @@ MODEL_FACTS_FILE = "model.json"
 
 # The model separate.py (and bench) use when none is named; see its model card.
 PRETRAINED_MODEL = Path(__file__).resolve().parent / "pretrained" / "waveunet-small-mixed"
-
-PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-
-
-def build_in_precision(build, config, precision: str) -> keras.Model:
-    """``build(config)`` under the Keras dtype policy for ``precision``, leaving the global policy as it was."""
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISIONS[precision])
-    try:
-        return build(config)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-
 
 def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separator:
     """Wraps a Keras model of a registered architecture: its forward pass, then its inference head."""

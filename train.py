@@ -30,7 +30,7 @@ from data_pipeline.audio import AudioError  # noqa: E402
 from data_pipeline.crops import SOURCES, CropSpec  # noqa: E402
 from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, find_problems, get_tracks, \
     load_track  # noqa: E402
-from models.registry import ARCHITECTURES  # noqa: E402
+from models.registry import ARCHITECTURES, PRECISIONS, build_in_precision  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 from training.callbacks import TorchScalarWriter, ValidationExamples  # noqa: E402
 from training.checkpointing import ResumableBackup, StopAtStep, backup_progress, optimizer_step  # noqa: E402
@@ -43,8 +43,9 @@ USES_TF_DATA = keras.backend.backend() == "tensorflow"
 # The base of every run's training settings: the architecture's preset for the named config
 # (models.registry) replaces some of them, flags override both.
 TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
-                     "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8}
-TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed")
+                     "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8,
+                     "precision": "float32"}
+TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision")
 DEFAULT_SYNTHETIC_SONGS = 90
 
 
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "(small: 200; M1..M5: 2000)")
     parser.add_argument("--patience", type=int, help="validations without improvement before stopping early "
                                                      "(default: 20)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS),
+                        help="bfloat16: mixed precision (float32 weights, bfloat16 compute), for GPUs and "
+                             "CPUs with AVX512-BF16/AMX (default: float32)")
     parser.add_argument("--seed", type=int, help="seed of crops and augmentation (default: 0)")
     parser.add_argument("--synthetic-songs", type=int, help=f"synthetic training songs of 20 s "
                                                             f"(default: {DEFAULT_SYNTHETIC_SONGS})")
@@ -297,7 +301,7 @@ def build_model(run: dict, strategy):
     model_config = architecture.config_from_dict(run["model"])
     keras.utils.set_random_seed(run["training"]["seed"])  # the same initial weights for the same seed
     with strategy_scope(strategy):
-        model = architecture.build(model_config)
+        model = build_in_precision(architecture.build, model_config, run["training"].get("precision", "float32"))
         if run["training"].get("init_from"):
             print(f"Starting from {RunDirectory(run['training']['init_from']).load_weights(model)}")
         model.compile(optimizer=keras.optimizers.Adam(run["training"]["learning_rate"]),

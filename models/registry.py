@@ -2,7 +2,8 @@
 
 Each model module declares its own ``Architecture`` entry with ``register``;
 the imports at the end of this file are the one list of those modules. No
-TensorFlow here: training under JAX reads the registry too."""
+TensorFlow (nor Keras, until a model is built) here: training under JAX reads the
+registry too."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,22 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
+
+# Keras dtype policy of each precision a model trains or runs in: bfloat16 computes in
+# bfloat16 with float32 weights (faster on GPUs and on CPUs with AVX512-BF16/AMX).
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+def build_in_precision(build, config, precision: str):
+    """``build(config)`` under the Keras dtype policy for ``precision``, leaving the global policy as it was."""
+    import keras
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        return build(config)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def register(name: str, architecture: Architecture) -> None:

@@ -186,6 +186,23 @@ def test_steps_are_exact_and_the_last_short_interval_still_validates(tmp_path):
     assert history is None
 
 
+def test_bfloat16_mixed_precision_trains_and_its_checkpoint_loads_in_float32(tmp_path):
+    run_dir = tmp_path / "run"
+    run = write_run(run_dir, tmp_path / "cache", steps=4, validate_every=2)
+    run["training"]["precision"] = "bfloat16"
+    RunDirectory(run_dir).write_config(run)
+    model, history = resume(run_dir)
+    assert model.dtype_policy.name == "mixed_bfloat16" and int(model.optimizer.iterations.numpy()) == 4
+    assert np.all(np.isfinite(history.history["loss"]))
+    loaded = load_run(run_dir).model  # every tool builds it in float32 from the same weights
+    assert loaded.dtype_policy.name == "float32"
+    for trained, restored in zip(model.weights, loaded.weights):
+        assert restored.dtype == "float32"
+        np.testing.assert_array_equal(restored.numpy(), trained.numpy())
+    with pytest.raises(SystemExit, match="precision"):  # a resumed run keeps its precision
+        train.resolve_run(train.parse_args(["--resume", str(run_dir), "--precision", "float32"]))
+
+
 def test_resume_falls_back_to_the_previous_backup_when_the_newest_is_corrupt(tmp_path, capsys):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=20, validate_every=10)
