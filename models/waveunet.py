@@ -211,11 +211,12 @@ def _source_outputs(config: WaveUNetConfig, mix, features) -> dict:
 
     if config.output_type == "direct":
         return {source: source_conv(source)(features) for source in SOURCES}
-    # Difference output: the sources add up to the (centre-cropped) mix exactly.
+    # Difference output: the sources add up to the (centre-cropped) mix exactly; in
+    # float32 whatever the model's precision, so a bfloat16 model does not round the mix.
     predicted = source_conv(config.predicted_source)(features)
     derived_source = next(source for source in SOURCES if source != config.predicted_source)
-    aligned_mix = CenterCrop1D(name="crop_mix")([mix, predicted])
-    derived = layers.Subtract(name=derived_source)([aligned_mix, predicted])
+    aligned_mix = CenterCrop1D(name="crop_mix", dtype="float32")([mix, predicted])
+    derived = layers.Subtract(name=derived_source, dtype="float32")([aligned_mix, predicted])
     return {config.predicted_source: predicted, derived_source: derived}
 
 
