@@ -58,7 +58,9 @@ def _fft_resample(signal, from_rate, to_rate):
     spectrum = tf.pad(spectrum[:, :kept - last_bin], [[0, 0], [0, bins_out - kept + last_bin]])
     resampled = tf.signal.irfft(spectrum, fft_length=[padded_out])
     resampled *= tf.cast(padded_out, tf.float32) / tf.cast(padded_in, tf.float32)
-    out_length = (length * to_rate + from_rate - 1) // from_rate
+    # In int64: length * to_rate passes 2**31 for songs of a few seconds.
+    out_length = tf.cast((tf.cast(length, tf.int64) * tf.cast(to_rate, tf.int64) + tf.cast(from_rate, tf.int64) - 1)
+                         // tf.cast(from_rate, tf.int64), tf.int32)
     return tf.transpose(resampled)[:out_length]
 
 

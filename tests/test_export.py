@@ -136,8 +136,9 @@ def test_separate_audio_rejects_what_is_not_a_mono_or_stereo_wav(loaded):
 
 
 @pytest.mark.parametrize("from_rate, to_rate", [(44100, 22050), (22050, 44100), (44100, 16000), (8000, 8000)])
-def test_in_graph_resampling_keeps_a_tone_and_matches_scipy(from_rate, to_rate):
-    length = int(0.5 * from_rate) + 11
+@pytest.mark.parametrize("seconds", [0.5, 60])  # a minute: time * rate passes 2**31
+def test_in_graph_resampling_keeps_a_tone_and_matches_scipy(from_rate, to_rate, seconds):
+    length = int(seconds * from_rate) + 11
     t = np.arange(length) / from_rate
     tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[:, None]
     resampled = resample_tf(tf.constant(tone), from_rate, to_rate).numpy()

@@ -1,0 +1,79 @@
+"""Serve an exported separator over TensorFlow Serving's REST API v1, plus a web page.
+
+    python -m serve --model-base-path export/wavesep --model-name wavesep --port 8501
+
+The same paths and JSON as ``tensorflow_model_server --rest_api_port=8501
+--model_name=wavesep --model_base_path=...``: status, metadata and predict (row and
+columnar formats) under /v1/models/wavesep; a song upload page at /. New versions
+exported into the base path are picked up without a restart.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import uvicorn  # noqa: E402
+
+from serve.app import create_app  # noqa: E402
+from serve.repository import ModelRepository  # noqa: E402
+
+
+def positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above zero, not {text}")
+        return value
+    return parse
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-base-path", required=True,
+                        help="folder of numbered version folders, as export.py writes them (export/NAME)")
+    parser.add_argument("--model-name", required=True, help="the NAME in /v1/models/NAME")
+    parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (8501)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    parser.add_argument("--poll-seconds", type=positive(float), default=1.0,
+                        help="how often the base path is checked for new or removed versions (default: 1)")
+    parser.add_argument("--num-versions", type=positive(int), default=1,
+                        help="how many of the newest versions are loaded, as TF Serving's latest policy (default: 1)")
+    parser.add_argument("--max-request-mb", type=positive(float), default=64,
+                        help="larger request bodies are refused with 413 (default: 64)")
+    parser.add_argument("--max-concurrent", type=positive(int), default=2,
+                        help="model calls running at once; further requests wait their turn (default: 2)")
+    parser.add_argument("--max-jobs", type=positive(int), default=8,
+                        help="songs of the web page kept with their results (default: 8)")
+    return parser.parse_args(argv)
+
+
+def exit_cleanly(signum, frame):
+    """uvicorn re-raises SIGTERM once its graceful shutdown is over; without this handler the
+    process would then die by the signal (exit code 143) although it stopped as asked."""
+    sys.exit(0)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    base_path = Path(args.model_base_path)
+    if not base_path.is_dir():
+        print(f"error: --model-base-path {base_path} is not a folder", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    repository = ModelRepository(args.model_name, base_path, args.num_versions, args.poll_seconds)
+    app = create_app(repository, int(args.max_request_mb * 2 ** 20), args.max_concurrent, args.max_jobs)
+    signal.signal(signal.SIGTERM, exit_cleanly)
+    # Our AccessLog middleware logs each request with its latency: uvicorn's own access log is off.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=30,
+                log_config=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
