@@ -50,8 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs already in --out (default: refuse to, before separating anything)")
     parser.add_argument("--precision", choices=["auto", *sorted(PRECISIONS)], default="auto",
-                        help="auto (default): bfloat16 where the hardware computes it natively (GPUs, CPUs with "
-                             "AVX512-BF16 or AMX: ~1.8x faster, SDR within 0.05 dB of float32), else float32")
+                        help="auto (default): bfloat16 where it is faster (GPUs, CPUs with AMX; SDR within "
+                             "0.05 dB of float32), else float32")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
                         help="audio per model call; lower it to use less memory (default: 30)")
     return parser.parse_args(argv)

@@ -1,19 +1,27 @@
 """Separation speed and memory, measured side by side in one run.
 
-    python -m bench.separate
+    python -m bench.separate [--runtimes ...] [--quality]
 
 For the default preset and M4/M5/M5-HighSR-sized Wave-U-Nets (random weights:
-speed does not depend on them) on a 30 s stereo 44.1 kHz clip it prints:
-  - x realtime: seconds of audio separated per wall-clock second;
-  - achieved FLOP/s as a percentage of this machine's measured float32 matmul FLOP/s
-    (in float32 and in bfloat16, which AVX512-BF16 CPUs run faster);
+speed does not depend on them) on a 30 s stereo 44.1 kHz clip, in each runtime
+(Keras in float32 and bfloat16, the exported SavedModel, its model.onnx in ONNX
+Runtime, and that file statically quantized to int8), it prints:
+  - x realtime: seconds of audio separated per wall-clock second (the best of
+    --repeats runs), and as a multiple of Keras float32's for the same config;
+  - achieved FLOP/s as a percentage of this machine's measured float32 matmul FLOP/s;
   - context overhead: input samples computed per output sample, for our chunking
     against f90's (which runs the network on its 147443 -> 16389 training frame).
-Then the peak RSS of separate.py separating a 10-minute stereo file.
+Then Open-Unmix UMX-HQ's speed, estimated from a reference ratio to M5-HighSR, and
+the peak RSS of separate.py separating a 10-minute stereo file. ``--quality`` scores
+the shipped model in each runtime on the 14 MUSDB18 validation previews (through
+evaluate.py's scoring) and prints each runtime's median SDR against Keras float32.
+ONNX Runtime's CPU provider offers no float16 or bfloat16 path for this model: on
+x86 it runs a float16 Conv in float32 between casts, and refuses a bfloat16 Conv.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -28,8 +36,11 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inference import PRECISIONS, PRETRAINED_MODEL, Separator, build_in_precision, keras_separator, \
-    separate_song  # noqa: E402
+import evaluate  # noqa: E402
+from data_pipeline.crops import SOURCES  # noqa: E402
+from data_pipeline.datasets import get_tracks  # noqa: E402
+from export import ONNX_FILE, export_run  # noqa: E402
+from inference import PRETRAINED_MODEL, Separator, load_separator, separate_song  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 
@@ -37,18 +48,29 @@ WAVEUNET = ARCHITECTURES["waveunet"]
 
 CLIP_RATE = 44100
 REPOSITORY = Path(__file__).resolve().parents[1]
+PREVIEWS = REPOSITORY.parent / "shared" / "data" / "musdb18-train-previews"
+# keras-float32 is the reference every other runtime is compared with.
+RUNTIMES = ("keras-float32", "keras-bfloat16", "savedmodel-float32", "onnx-float32", "onnx-int8")
+CALIBRATION_SECONDS = 1.0  # int8 calibration windows: short, since calibration keeps every intermediate tensor
+CALIBRATION_SONGS = 3  # MUSDB18 training previews that calibrate the shipped model's int8 ranges
+SDR_TOLERANCE = 0.05  # dB: a faster runtime must keep the median SDR this close to keras-float32
+# Open-Unmix UMX-HQ (vocals + residual, niter 1) separated 1.7x as fast as a float32 M5-HighSR,
+# measured once on this machine kind with random weights on a 30 s stereo clip.
+OPEN_UNMIX_PER_M5_HIGHSR = 1.7
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 20) -> float:
-    """The machine's own limit: float32 matmul throughput with every core busy."""
+    """The machine's own limit: float32 matmul throughput with every core busy (the fastest of ``repeats``
+    matmuls, the least disturbed by other processes)."""
     a = tf.random.normal([size, size])
     b = tf.random.normal([size, size])
     tf.linalg.matmul(a, b).numpy()
-    start = time.perf_counter()
+    seconds = []
     for _ in range(repeats):
-        c = tf.linalg.matmul(a, b)
-    c.numpy()
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+        start = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        seconds.append(time.perf_counter() - start)
+    return 2 * size ** 3 / min(seconds)
 
 
 def model_flops(model: keras.Model) -> float:
@@ -61,25 +83,87 @@ def model_flops(model: keras.Model) -> float:
     return float(total)
 
 
-def random_separator(name: str, precision: str) -> Separator:
-    model = build_in_precision(WAVEUNET.build, WAVEUNET.configs[name], precision)
-    return keras_separator(model, "waveunet", WAVEUNET.configs[name], f"{name} (random weights)")
+def windows_fed(separator: Separator, songs: list) -> list:
+    """The windows the chunked path feeds the model for ``songs`` ([(audio, rate)]), cut for calibration."""
+    windows = []
+
+    def recording_forward(window: np.ndarray) -> dict:
+        windows.append(window)
+        return separator.forward(window)
+
+    recorder = dataclasses.replace(separator, forward=recording_forward)
+    for audio, rate in songs:
+        separate_song(recorder, audio, rate, CALIBRATION_SECONDS)
+    return windows
 
 
-def measure(name: str, precision: str, clip: np.ndarray, chunk_seconds: float, peak: float) -> dict:
+class CalibrationWindows:
+    """ONNX Runtime's calibration data reader (get_next until None) over model windows."""
+
+    def __init__(self, input_name: str, windows: list):
+        self.feeds = iter([{input_name: window} for window in windows])
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def quantize_int8(onnx_path: Path, songs: list) -> Path:
+    """model.onnx with its convolutions statically quantized to int8 (QDQ; activation ranges from ``songs``)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared, int8_path = onnx_path.with_name("model-prepared.onnx"), onnx_path.with_name("model-int8.onnx")
+    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)  # symbolic shapes would need sympy
+    reader = CalibrationWindows(onnx.load(str(prepared)).graph.input[0].name,
+                                windows_fed(load_separator(onnx_path), songs))
+    quantize_static(str(prepared), str(int8_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"])
+    return int8_path
+
+
+def runtime_models(run_dir: Path, scratch: Path, runtimes: list, calibration_songs: list) -> dict:
+    """Per runtime, the (path, precision) that ``load_separator`` loads it from; exports the run when needed."""
+    models = {"keras-float32": (run_dir, "float32"), "keras-bfloat16": (run_dir, "bfloat16")}
+    if any(runtime.startswith(("savedmodel", "onnx")) for runtime in runtimes):
+        version_dir = export_run(run_dir, scratch, onnx=True, log=lambda message: None)
+        models["savedmodel-float32"] = (version_dir, "float32")
+        models["onnx-float32"] = (version_dir / ONNX_FILE, "float32")
+        if "onnx-int8" in runtimes:
+            models["onnx-int8"] = (quantize_int8(version_dir / ONNX_FILE, calibration_songs), "float32")
+    return {runtime: models[runtime] for runtime in runtimes}
+
+
+def measure(separator: Separator, clip: np.ndarray, chunk_seconds: float, repeats: int) -> float:
+    """x realtime of ``separate_song`` on the clip, after a warm-up that traces graphs and plans kernels: the
+    best of ``repeats`` runs, which is the least disturbed by other processes on the machine."""
+    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        separate_song(separator, clip, CLIP_RATE, chunk_seconds)
+        seconds.append(time.perf_counter() - start)
+    return len(clip) / CLIP_RATE / min(seconds)
+
+
+def speed_rows(name: str, runtimes: list, clip: np.ndarray, chunk_seconds: float, repeats: int, peak: float,
+               scratch: Path) -> dict:
+    """x realtime of a random-weight config in each runtime; prints a row for each."""
     config = WAVEUNET.configs[name]
-    separator = random_separator(name, precision)
-    plan = separator.chunk_plan(int(chunk_seconds * config.sample_rate))
-    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)  # warm-up: traces the graph
-    start = time.perf_counter()
-    separate_song(separator, clip, CLIP_RATE, chunk_seconds)
-    seconds = time.perf_counter() - start
+    run_dir = save_random_run(name, scratch / name / "run")
+    plan = WAVEUNET.chunk_plan(config, int(chunk_seconds * config.sample_rate))
     chunks = -(-int(len(clip) / CLIP_RATE * config.sample_rate) // plan.stride)
-    flops = model_flops(WAVEUNET.build(config, plan.input_length)) * chunks * separator.passes(clip.shape[1])
+    passes = 2 if config.channels == 1 else 1
+    flops_per_audio_second = model_flops(WAVEUNET.build(config, plan.input_length)) * chunks * passes / (
+        len(clip) / CLIP_RATE)
     f90_input, f90_output = WAVEUNET.input_length_for(config, config.num_frames)
-    return {"config": name, "precision": precision, "rate": config.sample_rate, "realtime": len(clip) / CLIP_RATE / seconds,
-            "flops_percent": 100 * flops / seconds / peak, "overhead": plan.overhead,
-            "f90_overhead": f90_input / f90_output, "seconds": seconds}
+    models = runtime_models(run_dir, scratch / name / "export", runtimes, [(clip[:3 * CLIP_RATE], CLIP_RATE)])
+    realtime = {}
+    for runtime, model in models.items():
+        speed = realtime[runtime] = measure(load_separator(*model), clip, chunk_seconds, repeats)
+        print(f"{name:10s} {runtime:18s} {config.sample_rate:6d} {speed:10.2f}x "
+              f"{speed / realtime['keras-float32']:12.2f}x {100 * flops_per_audio_second * speed / peak:11.1f}% "
+              f"{plan.overhead:16.2f}x {f90_input / f90_output:11.2f}x")
+    return realtime
 
 
 def peak_rss_of_long_separation(minutes: float, model_dir: Path, scratch: Path) -> float:
@@ -108,38 +192,79 @@ def save_random_run(name: str, folder: Path) -> Path:
     return folder
 
 
+def quality(runtimes: list, data_root: Path, chunk_seconds: float, scratch: Path) -> None:
+    """Median SDR of the shipped model in each runtime on the MUSDB18 validation previews, against keras-float32."""
+    if not data_root.is_dir():
+        print(f"Quality: skipped, no MUSDB18 previews at {data_root}")
+        return
+    valid = [evaluate.load_track_audio(track) for track in get_tracks("musdb", "valid", data_root=data_root)]
+    calibration_tracks = get_tracks("musdb", "train", data_root=data_root)[:CALIBRATION_SONGS]
+    calibration = [(audio["mixture"], rate) for audio, rate in map(evaluate.load_track_audio, calibration_tracks)]
+    print(f"Quality of {PRETRAINED_MODEL.name} on the {len(valid)} MUSDB18 validation previews (median SDR over "
+          f"tracks, BSSEval v4; int8 calibrated on {CALIBRATION_SONGS} training previews)")
+    print(f"{'runtime':18s} {'vocals':>8s} {'Δ':>7s} {'accomp.':>8s} {'Δ':>7s}  within {SDR_TOLERANCE} dB")
+    reference = None
+    for runtime, model in runtime_models(PRETRAINED_MODEL, scratch / "shipped", runtimes, calibration).items():
+        separator = load_separator(*model)
+        scores = [evaluate.bss_scores(audio, separate_song(separator, audio["mixture"], rate, chunk_seconds), rate)
+                  for audio, rate in valid]
+        sdr = {source: float(np.nanmedian([track[source]["SDR"] for track in scores])) for source in SOURCES}
+        reference = reference or sdr
+        delta = {source: sdr[source] - reference[source] for source in SOURCES}
+        within = "yes" if all(abs(d) <= SDR_TOLERANCE for d in delta.values()) else "NO"
+        print(f"{runtime:18s} {sdr['vocals']:8.2f} {delta['vocals']:+7.3f} {sdr['accompaniment']:8.2f} "
+              f"{delta['accompaniment']:+7.3f}  {within}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["small", "M4", "M5", "M5-HighSR"],
                         help="Wave-U-Net configs to time, with random weights (default: small M4 M5 M5-HighSR)")
-    parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=["float32", "bfloat16"],
-                        help="precisions to time each config in (default: both)")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
+                        help="runtimes to time each config in (default: all); keras-float32, the reference, "
+                             "is always measured")
     parser.add_argument("--chunk-seconds", type=float, default=30.0, help="separate.py's default")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the best counts (default: 3)")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="length of the memory test file")
     parser.add_argument("--model", help="run directory for the memory test (default: the shipped pretrained "
                                         "model, else a random small model)")
+    parser.add_argument("--quality", action="store_true",
+                        help="also score the shipped model in each runtime on the MUSDB18 validation previews")
+    parser.add_argument("--data-root", type=Path, default=PREVIEWS,
+                        help=f"MUSDB18 root for --quality (default: {PREVIEWS}; skipped where absent)")
     args = parser.parse_args()
+    runtimes = ["keras-float32"] + [runtime for runtime in args.runtimes if runtime != "keras-float32"]
+    # Each Keras separator traces its own graph once; TF counts those traces together as "retracing".
+    tf.get_logger().setLevel("ERROR")
 
     clip = np.random.default_rng(0).uniform(-0.3, 0.3, (30 * CLIP_RATE, 2)).astype(np.float32)
     peak = matmul_flops_per_second()
     print(f"Machine: {os.cpu_count()} CPU cores, float32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
-          f"clip: 30 s stereo at {CLIP_RATE} Hz; chunks of {args.chunk_seconds:g} s")
-    print(f"{'model':10s} {'precision':9s} {'rate':>6s} {'x realtime':>11s} {'% fp32 peak':>12s} "
+          f"clip: 30 s stereo at {CLIP_RATE} Hz; chunks of {args.chunk_seconds:g} s; best of {args.repeats} runs")
+    print(f"{'model':10s} {'runtime':18s} {'rate':>6s} {'x realtime':>11s} {'vs keras fp32':>13s} {'% fp32 peak':>12s} "
           f"{'context overhead':>17s} {'f90 framing':>12s}")
-    for name in args.configs:
-        for precision in args.precisions:
-            row = measure(name, precision, clip, args.chunk_seconds, peak)
-            print(f"{row['config']:10s} {precision:9s} {row['rate']:6d} {row['realtime']:10.1f}x "
-                  f"{row['flops_percent']:11.1f}% {row['overhead']:16.2f}x {row['f90_overhead']:11.2f}x")
-
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
+        realtime = {name: speed_rows(name, runtimes, clip, args.chunk_seconds, args.repeats, peak, scratch)
+                    for name in args.configs}
+        if "M5-HighSR" in realtime:
+            open_unmix = OPEN_UNMIX_PER_M5_HIGHSR * realtime["M5-HighSR"]["keras-float32"]
+            print(f"Open-Unmix UMX-HQ (vocals + residual, niter 1), estimated, not measured: {open_unmix:.2f}x "
+                  f"realtime = {OPEN_UNMIX_PER_M5_HIGHSR:g} x M5-HighSR keras-float32 here (a ratio measured once "
+                  f"on this machine kind)")
+            if "small" in realtime:
+                fastest = max(realtime["small"], key=realtime["small"].get)
+                print(f"Shipped config (small), fastest runtime {fastest}: {realtime['small'][fastest]:.2f}x realtime "
+                      f"= {realtime['small'][fastest] / open_unmix:.2f} x that Open-Unmix estimate (aim: >= 1.5)")
+
         model_dir = Path(args.model) if args.model else (
             PRETRAINED_MODEL if PRETRAINED_MODEL.is_dir() else save_random_run("small", scratch / "run"))
         rss = peak_rss_of_long_separation(args.long_minutes, model_dir, scratch)
         audio_gib = args.long_minutes * 60 * CLIP_RATE * 2 * 4 / 2 ** 30
         print(f"Peak RSS separating a {args.long_minutes:g}-minute stereo file with {model_dir.name}: {rss:.2f} GiB "
               f"(limit 2 GiB; the song itself is {audio_gib:.2f} GiB as float32)")
+        if args.quality:
+            quality(runtimes, args.data_root, args.chunk_seconds, scratch)
 
 
 if __name__ == "__main__":

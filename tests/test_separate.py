@@ -234,12 +234,12 @@ def test_without_model_the_shipped_pretrained_model_is_used(tmp_path, capsys):
 def test_auto_precision_picks_bfloat16_only_where_the_hardware_computes_it(run_dir, tmp_path, monkeypatch):
     import inference
 
-    monkeypatch.setattr(inference, "native_bfloat16", lambda: True)
+    monkeypatch.setattr(inference, "fast_bfloat16", lambda: True)
     assert inference.resolve_precision("auto", run_dir) == "bfloat16"
     assert inference.resolve_precision("float32", run_dir) == "float32"
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "saved_model.pb").touch()  # an exported model keeps its own precision
     assert inference.resolve_precision("auto", tmp_path / "export") == "float32"
     assert inference.resolve_precision("auto", tmp_path / "model.onnx") == "float32"
-    monkeypatch.setattr(inference, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(inference, "fast_bfloat16", lambda: False)
     assert inference.resolve_precision("auto", run_dir) == "float32"
