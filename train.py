@@ -327,7 +327,7 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
         tensorboard = [TorchScalarWriter(outputs.logs)] if TorchScalarWriter.available() else []
     return [
         ResumableBackup(outputs.backup, best, early_stopping, restore_dir=RunDirectory(run_dir).backup),
-        ValidationExamples(outputs.logs, *excerpts, crop, sample_rate),
+        ValidationExamples(outputs.logs, *excerpts, crop, sample_rate, ARCHITECTURES[run["arch"]].inference_head),
         *tensorboard,
         keras.callbacks.CSVLogger(str(outputs.logs / "metrics.csv"), append=True),
         best,

@@ -51,3 +51,4 @@ def register(name: str, architecture: Architecture) -> None:
 # Importing a model module registers it. They import this module for
 # ``register``, so these imports come after it is defined.
 from models import waveunet  # noqa: E402,F401
+from models import wavenet  # noqa: E402,F401

@@ -42,8 +42,9 @@ class ValidationExamples(keras.callbacks.Callback):
     TensorBoard with audio and spectrograms of the first ``audio_examples``."""
 
     def __init__(self, log_dir, mix: np.ndarray, targets: dict, crop: CropSpec, sample_rate: int,
-                 audio_examples: int = 2):
+                 inference_head=lambda outputs: outputs, audio_examples: int = 2):
         super().__init__()
+        self.inference_head = inference_head  # the architecture's: model outputs -> source waveforms
         self.tensorboard = None
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
@@ -55,7 +56,8 @@ class ValidationExamples(keras.callbacks.Callback):
         self.references_logged = False
 
     def on_epoch_end(self, epoch, logs=None):
-        estimates = self.model.predict(self.mix, batch_size=4, verbose=0)
+        outputs = self.inference_head(self.model.predict(self.mix, batch_size=4, verbose=0))
+        estimates = {source: keras.ops.convert_to_numpy(estimate) for source, estimate in outputs.items()}
         scores = validation_sdr(self.targets, estimates, self.mix_centre)
         if logs is not None:
             for source, score in scores.items():
