@@ -41,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from data_pipeline.crops import SOURCES  # noqa: E402
 from inference import MODEL_FACTS_FILE, PRETRAINED_MODEL, keras_separator, load_run, load_separator, \
     positive_seconds, separate_song  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
@@ -86,7 +87,7 @@ def model_facts(run_dir: Path, run: dict, checkpoint: Path, plan, precision: str
         "model": architecture_config,
         "sample_rate": architecture_config["sample_rate"],
         "channels": architecture_config["channels"],
-        "sources": ["vocals", "accompaniment"],
+        "sources": list(SOURCES),
         "training_data": run.get("data"),
         "training": run.get("training"),
         "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),

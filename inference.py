@@ -93,14 +93,19 @@ def fast_bfloat16() -> bool:
     return "amx_bf16" in flags
 
 
+def is_exported(path) -> bool:
+    """An exported model (a SavedModel version folder or a model.onnx), not a run directory."""
+    path = Path(path)
+    return path.suffix == ".onnx" or (path / "saved_model.pb").is_file()
+
+
 def resolve_precision(precision: str, path) -> str:
     """``auto``: bfloat16 for a run directory where it is faster (``fast_bfloat16``;
     SDR within 0.05 dB of float32, README, Benchmarks), else float32 (exported models
     run in the precision they were exported in)."""
     if precision != "auto":
         return precision
-    exported = Path(path).suffix == ".onnx" or (Path(path) / "saved_model.pb").is_file()
-    return "bfloat16" if fast_bfloat16() and not exported else "float32"
+    return "bfloat16" if fast_bfloat16() and not is_exported(path) else "float32"
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ def load_separator(path, precision: str = "float32") -> Separator:
     """The model at ``path`` as a Separator: a run directory (see ``load_run``), an
     exported SavedModel version folder, or an exported model.onnx."""
     path = Path(path)
-    exported = path.suffix == ".onnx" or (path / "saved_model.pb").is_file()
+    exported = is_exported(path)
     if exported and precision != "float32":
         raise ValueError(f"{path}: an exported model runs in the precision it was exported in; "
                          f"--precision {precision} applies to run directories")

@@ -28,15 +28,17 @@ TINY_MODEL = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, o
 TRAINING_STEPS = 150
 
 
-def write_run(run_dir: Path, cache_dir: Path, steps: int, validate_every: int) -> dict:
+def write_run(run_dir: Path, cache_dir: Path, steps: int, validate_every: int, arch: str = "waveunet",
+              model=TINY_MODEL, **training) -> dict:
+    """A run directory training a tiny model on 3 tiny synthetic songs; ``training`` overrides settings."""
     run = {
-        "arch": "waveunet",
+        "arch": arch,
         "config_name": "tiny",
-        "model": TINY_MODEL.to_dict(),
+        "model": model.to_dict(),
         "data": {"dataset": "synthetic", "data_root": None, "cache_dir": str(cache_dir), "synthetic_duration": 3.0,
                  "synthetic_songs": {"train": 3, "valid": 1, "test": 1}},
         "training": {**train.TRAINING_DEFAULTS, "steps": steps, "batch_size": 4, "learning_rate": 3e-3,
-                     "validate_every": validate_every, "validation_excerpts": 2},
+                     "validate_every": validate_every, "validation_excerpts": 2, **training},
     }
     RunDirectory(run_dir).write_config(run)
     return run

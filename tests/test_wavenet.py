@@ -32,6 +32,7 @@ from models.wavenet import (
     sources_from_outputs,
 )
 from run_directory import RunDirectory
+from tests.test_train import write_run
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # Field 1 + 2 * 2 * (1 + 2 + 4) = 29 samples.
@@ -142,25 +143,12 @@ def test_keras_checkpoint_round_trip(config, tmp_path):
 # ---------------------------------------------------------------- training, export, separation
 
 
-def write_run(run_dir: Path, cache_dir: Path) -> dict:
-    run = {
-        "arch": "wavenet",
-        "config_name": "tiny",
-        "model": TRAINED.to_dict(),
-        "data": {"dataset": "synthetic", "data_root": None, "cache_dir": str(cache_dir), "synthetic_duration": 3.0,
-                 "synthetic_songs": {"train": 3, "valid": 1, "test": 1}},
-        "training": {**train.TRAINING_DEFAULTS, "steps": TRAINING_STEPS, "batch_size": 4, "learning_rate": 5e-3,
-                     "validate_every": TRAINING_STEPS // 2, "validation_excerpts": 2},
-    }
-    RunDirectory(run_dir).write_config(run)
-    return run
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(run directory, run, model, history) of a tiny WaveNet trained through train.py."""
     run_dir = tmp_path_factory.mktemp("wavenet") / "run"
-    run = write_run(run_dir, tmp_path_factory.mktemp("cache"))
+    run = write_run(run_dir, tmp_path_factory.mktemp("cache"), TRAINING_STEPS, TRAINING_STEPS // 2, arch="wavenet",
+                    model=TRAINED, learning_rate=5e-3)
     model, history = train.train(*train.resolve_run(train.parse_args(["--resume", str(run_dir)])))
     return run_dir, run, model, history
 
