@@ -21,6 +21,30 @@ class Architecture:
     training_presets: dict  # config name -> train.py settings that replace its defaults
     losses: Callable  # (config) -> the Keras loss of each model output, for compile()
     inference_head: Callable  # the model's outputs -> {"vocals", "accompaniment"} waveforms (keras.ops)
+    # Variants of the architecture (train.py --variant); the first is the default, and
+    # config "<name>-<variant>" is config "<name>" as another variant.
+    variants: tuple = ()
+    # (config) -> None, or a function (mix, targets) -> (model inputs, model targets) that
+    # turns the pipeline's batches into what the training model takes (keras.ops).
+    training_batch: Callable = lambda config: None
+    # (model, config, windows) -> sources, for models whose one pass does not separate
+    # (e.g. autoregressive decoding); None: ``inference_head(model(windows))``.
+    separate_windows: Callable | None = None
+
+    def config_name(self, name: str, variant: str | None) -> str:
+        """The named config as ``variant`` (the default variant: the name itself)."""
+        if variant is None or variant == self.variants[0]:
+            return name
+        if variant not in self.variants:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(self.variants)}")
+        return f"{name}-{variant}"
+
+    def run_windows(self, model, config, windows) -> dict:
+        """Chunk-plan windows ``[n, input_length, channels]`` -> {"vocals", "accompaniment"}
+        ``[n, output_length, channels]``: what separation runs on every chunk."""
+        if self.separate_windows is not None:
+            return self.separate_windows(model, config, windows)
+        return self.inference_head(model(windows, training=False))
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -52,3 +76,4 @@ def register(name: str, architecture: Architecture) -> None:
 # ``register``, so these imports come after it is defined.
 from models import waveunet  # noqa: E402,F401
 from models import wavenet  # noqa: E402,F401
+from models import umt  # noqa: E402,F401

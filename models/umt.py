@@ -1,0 +1,413 @@
+"""The Universal Music Translation network (Mor, Wolf, Polyak and Taigman, 2018) as a
+separator, in two variants, as Keras 3 functional models (``keras.ops`` and Keras
+layers only, so they train on TensorFlow and JAX alike). 16 kHz mono, like UMT.
+
+**Encoder** (both variants; facebookresearch/music-translation's ``Encoder``): the mix
+through the mu-law curve -> a width-3 convolution -> ``encoder_blocks`` x
+``encoder_layers`` non-causal residual layers (dilations 1, 2, ..., 512 in each
+block; each layer: ReLU(dilated width-3 conv) -> 1x1 -> + its input) -> 1x1 to
+``latent_channels``.
+
+**Structure A** (``variant="a"``, the default): the decoder is built like the
+encoder (width-3 conv from the latent, residual dilated layers, 1x1) and ends in 256
+mu-law class logits of the *accompaniment*; no pooling, no upsampling, no
+confusion loss. Trained mix -> accompaniment (scaled by the remix gain f1, as the
+labels are); vocals = mix - accompaniment. Every convolution is 'valid', so the
+model is one non-causal field (``receptive_field``) centred on each output and
+chunked separation equals one pass, as for the WaveNet separator. Fully parallel.
+
+**Full** (``variant="full"``): the encoder's latent is average-pooled over
+``pool_length`` samples (800 at 16 kHz, scaled with the rate), upsampled back by
+repetition (nearest neighbour) and conditions a causal WaveNet decoder
+(``decoder_blocks`` x ``decoder_layers``, kernel ``causal_kernel_size``; each layer
+adds the latent through its own 1x1 before the gate, and so does the output
+stage). The decoder reads the 8-bit mu-law accompaniment one sample back
+(teacher forcing in training; its own samples at inference, ``models.generation``)
+and outputs its 256 class logits. A domain classifier (``classifier_layers`` 1x1
+convolutions of ``classifier_channels`` with ELU, averaged over time) reads the
+pooled latent behind a gradient-reversal layer (Ganin and Lempitsky, 2015): it
+learns to tell the domains apart while the encoder gets its gradient reversed and
+scaled by ``confusion_weight`` (UMT's 1e-2), pushing the latent to carry no trace
+of the domain. **Domains** (``domains="input-kind"``): every odd example of a
+training batch is replaced by its accompaniment alone (mix = accompaniment, the
+target unchanged), so the domain is "a mixture" vs "accompaniment only": a latent
+that cannot tell whether vocals are present leaves the decoder nothing to render
+them from. ``domains="none"`` trains without the classifier. The encoder pads
+('same') here: each generated chunk starts afresh anyway (``models.generation``).
+
+Inputs in both variants go through the mu-law curve unquantised (the encoder
+loses nothing to 8-bit rounding); the full decoder's own input is quantised, since
+at inference it reads back 8-bit samples. The estimate of the accompaniment is
+the decoded expectation of the class distribution for Structure A (see
+``models.wavenet``: the mean minimises the squared error SDR scores);
+the full decoder samples (``models.generation``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import keras
+from keras import layers, ops
+
+from models import mulaw
+from models.framing import ChunkPlan
+from models.layers import CenterCrop1D
+from models.registry import Architecture, register
+from models.wavenet import MuLawCompand, MuLawExpectation, expected_waveform, mulaw_cross_entropy
+
+DEFAULT_CONFIG = "small"
+VARIANTS = ("a", "full")  # the first is the default
+DOMAINS = ("input-kind", "none")
+# UMT's pooling kernel at its 16 kHz; other rates scale it.
+POOL_RATE = 16000
+
+
+def pool_length(config: "UMTConfig") -> int:
+    """The full variant's pooling kernel (and stride) in samples at the config's rate."""
+    return max(1, round(config.pool_kernel * config.sample_rate / POOL_RATE))
+
+
+@dataclass(frozen=True)
+class UMTConfig:
+    """One UMT separator. Defaults are the CPU-sized "small" Structure A."""
+
+    variant: str = VARIANTS[0]
+    encoder_blocks: int = 1
+    encoder_layers: int = 10  # dilations 1, 2, ..., 2**(encoder_layers - 1) in each block
+    encoder_channels: int = 24
+    encoder_kernel_size: int = 3  # odd: non-causal, symmetric (also Structure A's decoder)
+    latent_channels: int = 16
+    decoder_blocks: int = 1  # Structure A: built like the encoder; full: causal WaveNet blocks
+    decoder_layers: int = 10
+    decoder_channels: int = 24  # Structure A's decoder width; full: the residual channels
+    skip_channels: int = 24  # full decoder only
+    causal_kernel_size: int = 2  # full decoder only
+    pool_kernel: int = 800  # full only: average pooling at 16 kHz, scaled with sample_rate
+    classifier_layers: int = 3  # full only: the domain classifier
+    classifier_channels: int = 32
+    confusion_weight: float = 1e-2  # full only: scale of the reversed gradient into the encoder
+    domains: str = "input-kind"  # full only: see the module docstring
+    channels: int = 1  # UMT is mono; a stereo song is separated channel by channel
+    sample_rate: int = 16000
+    num_frames: int = 4000  # output length of a training example (full: a multiple of the pool)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.domains not in DOMAINS:
+            raise ValueError(f"domains must be one of {DOMAINS}, got {self.domains!r}")
+        if self.encoder_kernel_size < 3 or self.encoder_kernel_size % 2 == 0:
+            raise ValueError(f"encoder_kernel_size must be odd and at least 3, got {self.encoder_kernel_size}")
+        if self.causal_kernel_size < 2:
+            raise ValueError(f"causal_kernel_size must be at least 2, got {self.causal_kernel_size}")
+        if min(self.encoder_blocks, self.encoder_layers, self.encoder_channels, self.latent_channels,
+               self.decoder_blocks, self.decoder_layers, self.decoder_channels, self.skip_channels,
+               self.classifier_layers, self.classifier_channels, self.num_frames, self.pool_kernel) < 1:
+            raise ValueError("block, layer and channel counts, pool_kernel and num_frames must be positive")
+        if self.confusion_weight < 0:
+            raise ValueError(f"confusion_weight must not be negative, got {self.confusion_weight}")
+        if self.channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, got {self.channels}")
+        if self.variant == "full" and self.num_frames % pool_length(self):
+            raise ValueError(f"num_frames ({self.num_frames}) must be a multiple of the pool "
+                             f"({pool_length(self)} samples at {self.sample_rate} Hz)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "UMTConfig":
+        return cls(**values)
+
+
+_PAPER = dict(encoder_blocks=3, encoder_channels=128, latent_channels=64, decoder_blocks=3, decoder_channels=128,
+              skip_channels=128, classifier_channels=100, num_frames=12000)  # UMT's sequence length 12000
+
+# "<name>" is Structure A, "<name>-full" the full variant (train.py --variant full).
+CONFIGS: dict[str, UMTConfig] = {
+    # Train in minutes on a 2-core CPU (README): one block of 10 layers on each side, 24 channels.
+    "small": UMTConfig(),
+    "small-full": UMTConfig(variant="full"),
+    # music-translation's sizes (3 x 10 encoder layers of 128 channels, latent 64; a 4 x 10 layer
+    # causal decoder for full, 3 x 10 non-causal layers for Structure A); for GPUs.
+    "paper": UMTConfig(**_PAPER),
+    "paper-full": UMTConfig(**{**_PAPER, "decoder_blocks": 4}, variant="full"),
+}
+
+# train.py's settings (their defaults are in train.TRAINING_DEFAULTS). UMT: Adam at 1e-3 with
+# decay, gradients clipped; pitch shift of a random 0.25-0.5 s segment by up to half a semitone.
+_SMALL_PRESET = {"steps": 600, "batch_size": 8, "learning_rate": 1e-3, "learning_rate_decay": 0.98,
+                 "clip_norm": 1.0, "validate_every": 300, "pitch_shift_semitones": 0.5}
+_PAPER_PRESET = {"batch_size": 16, "learning_rate": 1e-3, "learning_rate_decay": 0.98, "clip_norm": 1.0,
+                 "validate_every": 2000, "pitch_shift_semitones": 0.5}
+TRAINING_PRESETS = {"small": _SMALL_PRESET, "small-full": _SMALL_PRESET, "paper": _PAPER_PRESET,
+                    "paper-full": _PAPER_PRESET}
+
+
+# ---------------------------------------------------------------- length arithmetic
+
+
+def _dilations(blocks: int, layers_per_block: int) -> list[int]:
+    return [2**layer for _ in range(blocks) for layer in range(layers_per_block)]
+
+
+def encoder_field(config: UMTConfig) -> int:
+    """Input samples one encoder output sees: the first conv and every dilated layer add
+    ``(kernel - 1) * dilation``, half on each side."""
+    return 1 + (config.encoder_kernel_size - 1) * (1 + sum(_dilations(config.encoder_blocks, config.encoder_layers)))
+
+
+def decoder_field(config: UMTConfig) -> int:
+    """Structure A: latent samples one output sees, centred like the encoder's. Full: past
+    decoder inputs one output sees (the causal input conv and layers, ending at its own)."""
+    if config.variant == "a":
+        return 1 + (config.encoder_kernel_size - 1) * (
+            1 + sum(_dilations(config.decoder_blocks, config.decoder_layers)))
+    return 1 + (config.causal_kernel_size - 1) * (1 + sum(_dilations(config.decoder_blocks, config.decoder_layers)))
+
+
+def receptive_field(config: UMTConfig) -> int:
+    """Structure A: mix samples one output depends on, centred on it. Full: the encoder's
+    (the decoder's causal field over its own samples is ``decoder_field``; the pool
+    widens what one latent frame sees to ``encoder_field + pool_length - 1``)."""
+    if config.variant == "a":
+        return encoder_field(config) + decoder_field(config) - 1
+    return encoder_field(config)
+
+
+def input_length_for(config: UMTConfig, output_length: int) -> tuple[int, int]:
+    """``(input_length, output_length)``. Structure A: any output length, plus the field minus one.
+    Full: the output rounded up to whole pools; the input is as long (the encoder pads)."""
+    if output_length < 1:
+        raise ValueError(f"output_length must be positive, got {output_length}")
+    if config.variant == "a":
+        return output_length + receptive_field(config) - 1, output_length
+    pool = pool_length(config)
+    output_length = -(-output_length // pool) * pool
+    return output_length, output_length
+
+
+def chunk_plan(config: UMTConfig, chunk_output_length: int) -> ChunkPlan:
+    """Structure A: chunks carrying half the field on both sides (one pass, cut in pieces).
+    Full: chunks of whole pools from the song's start, so pooling frames sit where one
+    pass would put them; each chunk's decoder starts from silence (``models.generation``)."""
+    input_length, output_length = input_length_for(config, chunk_output_length)
+    offset = (receptive_field(config) - 1) // 2 if config.variant == "a" else 0
+    return ChunkPlan(input_length, offset, output_length, 0, output_length)
+
+
+# ---------------------------------------------------------------- layers
+
+
+register_serializable = keras.saving.register_keras_serializable(package="wavesep")
+
+
+@register_serializable
+class GradientReversal(layers.Layer):
+    """Identity forward; the gradient backward is multiplied by ``-scale`` (Ganin and Lempitsky).
+
+    ``stop_gradient(x * (1 + s)) - s * x`` is ``x`` in value (up to rounding) and has
+    derivative ``-s``, on every backend, with no custom gradient."""
+
+    def __init__(self, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, inputs):
+        return ops.stop_gradient(inputs * (1.0 + self.scale)) - self.scale * inputs
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+@register_serializable
+class MuLawLevels(layers.Layer):
+    """Waveform -> the companded value of its nearest 8-bit mu-law level, ``class * 2 / 255 - 1``
+    (music-translation's ``x / 255 - 0.5``, doubled): what the decoder reads back."""
+
+    def call(self, waveform):
+        return ops.cast(mulaw.encode(waveform), "float32") * (2.0 / mulaw.MU) - 1.0
+
+
+@register_serializable
+class ShiftRight(layers.Layer):
+    """``x[t - 1]`` at ``t``, silence (0) at the start: teacher forcing's one-sample delay."""
+
+    def call(self, inputs):
+        return ops.pad(inputs, [(0, 0), (1, 0), (0, 0)])[:, :-1, :]
+
+
+# ---------------------------------------------------------------- model
+
+
+def _residual_stack(features, blocks: int, layers_per_block: int, channels: int, kernel_size: int, padding: str,
+                    name: str):
+    """music-translation's ``DilatedResConv`` layers: x + 1x1(ReLU(dilated conv(x)))."""
+    for index, dilation in enumerate(_dilations(blocks, layers_per_block)):
+        hidden = layers.Conv1D(channels, kernel_size, dilation_rate=dilation, padding=padding, activation="relu",
+                               name=f"{name}_dilated_{index}")(features)
+        hidden = layers.Conv1D(channels, 1, name=f"{name}_mix_{index}")(hidden)
+        aligned = CenterCrop1D(name=f"{name}_crop_{index}")([features, hidden])
+        features = layers.Add(name=f"{name}_residual_{index}")([aligned, hidden])
+    return features
+
+
+def _encoder(config: UMTConfig, mix, padding: str):
+    features = MuLawCompand(name="compand")(mix)
+    features = layers.Conv1D(config.encoder_channels, config.encoder_kernel_size, padding=padding,
+                             name="encoder_input_conv")(features)
+    features = _residual_stack(features, config.encoder_blocks, config.encoder_layers, config.encoder_channels,
+                               config.encoder_kernel_size, padding, "encoder")
+    return layers.Conv1D(config.latent_channels, 1, name="latent")(features)
+
+
+def _class_logits(config: UMTConfig, hidden):
+    logits = layers.Conv1D(config.channels * mulaw.CLASSES, 1, name="logits_conv")(hidden)
+    return layers.Reshape((-1, config.channels, mulaw.CLASSES), name="accompaniment")(logits)
+
+
+def build_structure_a(config: UMTConfig, input_length: int | None = None, name: str = "umt_a") -> keras.Model:
+    """Input "mix" ``[input_length, channels]`` -> {"accompaniment": logits ``[t, channels, 256]``,
+    "vocals": centred mix - expected accompaniment}, ``t = input_length - receptive_field + 1``."""
+    mix = keras.Input(shape=(input_length, config.channels), name="mix")
+    latent = _encoder(config, mix, "valid")
+    features = layers.Conv1D(config.decoder_channels, config.encoder_kernel_size, name="decoder_input_conv")(latent)
+    features = _residual_stack(features, config.decoder_blocks, config.decoder_layers, config.decoder_channels,
+                               config.encoder_kernel_size, "valid", "decoder")
+    accompaniment = _class_logits(config, features)
+    # The waveform end computes in float32, as in models.wavenet: a bfloat16 model does not round the mix.
+    expected = MuLawExpectation(name="accompaniment_expectation", dtype="float32")(accompaniment)
+    aligned_mix = CenterCrop1D(name="crop_mix", dtype="float32")([mix, expected])
+    vocals = layers.Subtract(name="vocals", dtype="float32")([aligned_mix, expected])
+    return keras.Model(mix, {"accompaniment": accompaniment, "vocals": vocals}, name=name)
+
+
+def _decoder_layer(config: UMTConfig, features, condition, dilation: int, index: int, last: bool):
+    """One causal gated layer, conditioned through its own 1x1: (residual output or None, skip)."""
+    channels = config.decoder_channels
+    dilated = layers.Conv1D(2 * channels, config.causal_kernel_size, dilation_rate=dilation, padding="causal",
+                            name=f"decoder_dilated_{index}")(features)
+    conditioned = layers.Add(name=f"decoder_conditioned_{index}")(
+        [dilated, layers.Conv1D(2 * channels, 1, name=f"decoder_condition_{index}")(condition)])
+    gated = GatedActivation(name=f"decoder_gate_{index}")(conditioned)
+    skip = layers.Conv1D(config.skip_channels, 1, name=f"decoder_skip_{index}")(gated)
+    if last:
+        return None, skip
+    residual = layers.Conv1D(channels, 1, name=f"decoder_residual_{index}")(gated)
+    return layers.Add(name=f"decoder_residual_sum_{index}")([features, residual]), skip
+
+
+@register_serializable
+class GatedActivation(layers.Layer):
+    """``[..., 2c]`` -> tanh(first half) * sigmoid(second half)."""
+
+    def call(self, inputs):
+        filters, gates = ops.split(inputs, 2, axis=-1)
+        return ops.tanh(filters) * ops.sigmoid(gates)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] // 2)
+
+
+def build_full(config: UMTConfig, input_length: int | None = None, name: str = "umt_full") -> keras.Model:
+    """Inputs "mix" and "accompaniment" (the teacher-forcing target, read one sample back),
+    ``[t, channels]`` with ``t`` a multiple of the pool -> {"accompaniment": logits
+    ``[t, channels, 256]``, and with domains "domain": logits ``[2]``}. Inference uses its
+    layers through ``models.generation``."""
+    pool = pool_length(config)
+    mix = keras.Input(shape=(input_length, config.channels), name="mix")
+    previous = keras.Input(shape=(input_length, config.channels), name="accompaniment_in")
+    latent = _encoder(config, mix, "same")
+    pooled = layers.AveragePooling1D(pool, strides=pool, name="latent_pool")(latent)
+    condition = layers.UpSampling1D(pool, name="latent_upsample")(pooled)
+
+    heard = ShiftRight(name="teacher_forcing_shift")(MuLawLevels(name="teacher_forcing_levels")(previous))
+    features = layers.Conv1D(config.decoder_channels, config.causal_kernel_size, padding="causal",
+                             name="decoder_input_conv")(heard)
+    skips = [layers.Conv1D(config.skip_channels, 1, name="decoder_input_skip")(features)]
+    all_dilations = _dilations(config.decoder_blocks, config.decoder_layers)
+    for index, dilation in enumerate(all_dilations):
+        features, skip = _decoder_layer(config, features, condition, dilation, index,
+                                        last=index == len(all_dilations) - 1)
+        skips.append(skip)
+    hidden = layers.ReLU(name="decoder_skip_relu")(layers.Add(name="decoder_skip_sum")(skips))
+    hidden = layers.Conv1D(config.skip_channels, 1, name="decoder_hidden")(hidden)
+    hidden = layers.Add(name="decoder_output_conditioned")(
+        [hidden, layers.Conv1D(config.skip_channels, 1, name="decoder_output_condition")(condition)])
+    outputs = {"accompaniment": _class_logits(config, layers.ReLU(name="decoder_output_relu")(hidden))}
+    if config.domains != "none":
+        hidden = GradientReversal(config.confusion_weight, name="gradient_reversal")(pooled)
+        for index in range(config.classifier_layers):
+            hidden = layers.Conv1D(config.classifier_channels, 1, activation="elu",
+                                   name=f"classifier_{index}")(hidden)
+        frame_logits = layers.Conv1D(2, 1, name="classifier_logits")(hidden)
+        outputs["domain"] = layers.GlobalAveragePooling1D(name="domain", dtype="float32")(frame_logits)
+    return keras.Model({"mix": mix, "accompaniment_in": previous}, outputs, name=name)
+
+
+def build_umt(config: UMTConfig, input_length: int | None = None) -> keras.Model:
+    return build_structure_a(config, input_length) if config.variant == "a" else build_full(config, input_length)
+
+
+def losses(config: UMTConfig) -> dict:
+    """Cross-entropy of the accompaniment's mu-law classes (the vocals are the mix minus it),
+    and for the full variant the domain classifier's cross-entropy: the gradient
+    reversal, not a loss weight, scales what reaches the encoder."""
+    if config.variant == "a":
+        return {"accompaniment": mulaw_cross_entropy, "vocals": None}
+    result = {"accompaniment": mulaw_cross_entropy}
+    if config.domains != "none":
+        result["domain"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return result
+
+
+def training_batch(config: UMTConfig):
+    """The full variant's batches as its training model takes them (Structure A: None, they
+    are used as they come). ``keras.ops``, so the tf.data pipeline and the numpy loader share it."""
+    if config.variant == "a":
+        return None
+
+    def full_batch(mix, targets):
+        accompaniment = targets["accompaniment"]
+        inputs = {"mix": mix, "accompaniment_in": accompaniment}
+        if config.domains == "none":
+            return inputs, {"accompaniment": accompaniment}
+        # Odd examples hear their accompaniment alone: domain 1; the target is unchanged.
+        accompaniment_only = ops.cast(ops.arange(ops.shape(mix)[0]) % 2, "int32")
+        alone = ops.cast(accompaniment_only, mix.dtype)[:, None, None]
+        inputs["mix"] = mix * (1.0 - alone) + accompaniment * alone
+        return inputs, {"accompaniment": accompaniment, "domain": accompaniment_only}
+
+    return full_batch
+
+
+def sources_from_outputs(outputs: dict) -> dict:
+    """Structure A's outputs -> waveforms: the expected accompaniment, and the vocals."""
+    return {"vocals": outputs["vocals"], "accompaniment": expected_waveform(outputs["accompaniment"])}
+
+
+def separate_windows(model, config: UMTConfig, windows):
+    """Chunk-plan windows -> sources. Structure A: one pass. Full: the encoder, then the
+    incremental generator (``models.generation``, TensorFlow)."""
+    if config.variant == "a":
+        return sources_from_outputs(model(windows, training=False))
+    from models import generation
+
+    return generation.separate_windows(model, config, windows)
+
+
+register("umt", Architecture(
+    configs=CONFIGS,
+    default_config=DEFAULT_CONFIG,
+    config_from_dict=UMTConfig.from_dict,
+    build=build_umt,
+    input_length_for=input_length_for,
+    chunk_plan=chunk_plan,
+    training_presets=TRAINING_PRESETS,
+    losses=losses,
+    inference_head=sources_from_outputs,
+    variants=VARIANTS,
+    training_batch=training_batch,
+    separate_windows=separate_windows,
+))
