@@ -68,7 +68,7 @@ def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separ
     # peak memory of an eager call on long chunks.
     @tf.function(input_signature=[tf.TensorSpec([None, None, config.channels], tf.float32)])
     def graph_forward(mix):
-        estimates = architecture.inference_head(model(mix, training=False))
+        estimates = architecture.run_windows(model, config, mix)
         return {name: tf.cast(estimate, tf.float32) for name, estimate in estimates.items()}
 
     def forward(mix: np.ndarray) -> dict:

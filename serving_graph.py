@@ -73,6 +73,7 @@ class SeparationModule(tf.Module):
         self._model = model  # its variables are tracked below; the Keras object itself is not saved
         self.model_variables = list(model.variables)
         self._architecture = architecture
+        self._config = config
         self.channels = config.channels
         self.sample_rate = config.sample_rate
         self.plan = plan
@@ -97,7 +98,7 @@ class SeparationModule(tf.Module):
 
     def _forward(self, windows):
         """Chunk-plan windows ``[n, input_length, channels]`` -> {source: ``[n, output_length, channels]``}."""
-        estimates = self._architecture.inference_head(self._model(windows, training=False))
+        estimates = self._architecture.run_windows(self._model, self._config, windows)
         return {source: tf.cast(estimate, tf.float32) for source, estimate in estimates.items()}
 
     def _separate_song(self, song):

@@ -27,6 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_pipeline.audio import AudioError  # noqa: E402
+from data_pipeline.augment import AugmentOptions  # noqa: E402
 from data_pipeline.crops import SOURCES, CropSpec  # noqa: E402
 from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, find_problems, get_tracks, \
     load_track  # noqa: E402
@@ -44,8 +45,10 @@ USES_TF_DATA = keras.backend.backend() == "tensorflow"
 # (models.registry) replaces some of them, flags override both.
 TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8,
-                     "precision": "float32"}
-TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision")
+                     "precision": "float32", "learning_rate_decay": 1.0, "clip_norm": None,
+                     "pitch_shift_semitones": 0.0}
+TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision",
+                  "pitch_shift_semitones")
 DEFAULT_SYNTHETIC_SONGS = 90
 
 
@@ -72,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="model architecture (default: waveunet)")
     parser.add_argument("--config", help="named model configuration (Wave-U-Net: small, M1..M5, M5-HighSR; "
-                                         "default: small)")
+                                         "WaveNet and UMT: small, paper; default: small)")
+    variants = sorted({variant for architecture in ARCHITECTURES.values() for variant in architecture.variants})
+    parser.add_argument("--variant", choices=variants, help="UMT: a (Structure A: the decoder built like the "
+                                                            "encoder, parallel; the default) or full (pooling, "
+                                                            "domain confusion, autoregressive WaveNet decoder)")
     parser.add_argument("--dataset", type=dataset_mix, metavar="{" + ",".join(DATASETS) + "}[+...]",
                         help="training data; several joined by + are mixed into every batch, e.g. synthetic+musdb "
                              "(default: synthetic)")
@@ -95,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=sorted(PRECISIONS),
                         help="bfloat16: mixed precision (float32 weights, bfloat16 compute), for GPUs and "
                              "CPUs with AVX512-BF16/AMX (default: float32)")
+    parser.add_argument("--pitch-shift", dest="pitch_shift_semitones", type=float, metavar="SEMITONES",
+                        help="shift a random 0.25-0.5 s segment of each input by up to this many semitones "
+                             "(UMT: 0.5; others: 0, off)")
     parser.add_argument("--seed", type=int, help="seed of crops and augmentation (default: 0)")
     parser.add_argument("--synthetic-songs", type=int, help=f"synthetic training songs of 20 s "
                                                             f"(default: {DEFAULT_SYNTHETIC_SONGS})")
@@ -114,6 +124,8 @@ def parse_args(argv=None):
         parser.error("--patience must not be negative")
     if args.learning_rate is not None and not args.learning_rate > 0:
         parser.error("--learning-rate must be positive")
+    if args.pitch_shift_semitones is not None and not 0 <= args.pitch_shift_semitones <= 12:
+        parser.error("--pitch-shift must lie in [0, 12] semitones")
     return args
 
 
@@ -126,6 +138,8 @@ def _resume_conflicts(args, run: dict) -> list[str]:
              **{key: run["training"].get(key) for key in TRAINING_FLAGS if key != "steps"}}
     conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {value})"
                  for key, value in saved.items() if getattr(args, key) is not None and getattr(args, key) != value]
+    if args.variant is not None:
+        conflicts.append(f"--variant {args.variant} (the run's config is {run['config_name']})")
     if args.no_cache and run["training"]["cache"]:
         conflicts.append("--no-cache (the run caches songs)")
     if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
@@ -152,7 +166,10 @@ def resolve_run(args) -> tuple[Path, dict]:
 
     arch = args.arch or "waveunet"
     architecture = ARCHITECTURES[arch]
-    config_name = args.config or architecture.default_config
+    if args.variant is not None and args.variant not in architecture.variants:
+        sys.exit(f"error: --variant applies to {', '.join(n for n, a in ARCHITECTURES.items() if a.variants)}, "
+                 f"not {arch}")
+    config_name = architecture.config_name(args.config or architecture.default_config, args.variant)
     if args.init_from:
         try:
             source = RunDirectory(args.init_from).read_config()
@@ -261,11 +278,26 @@ def fixed_excerpts(tracks, crop: CropSpec, sample_rate: int, channels: int, coun
 
 
 def build_datasets(run: dict, tracks: dict, model_config, crop: CropSpec, strategy, start_epoch: int):
+    """The training stream and the validation pass, as the architecture's training model
+    takes them (``Architecture.training_batch``)."""
+    train, valid = _pipeline_datasets(run, tracks, model_config, crop, strategy, start_epoch)
+    batch_function = ARCHITECTURES[run["arch"]].training_batch(model_config)
+    if batch_function is None:
+        return train, valid
+    if not USES_TF_DATA:
+        from data_pipeline.numpy_loader import MappedLoader
+
+        return MappedLoader(train, batch_function), MappedLoader(valid, batch_function)
+    return train.map(batch_function), valid.map(batch_function)
+
+
+def _pipeline_datasets(run: dict, tracks: dict, model_config, crop: CropSpec, strategy, start_epoch: int):
     training = run["training"]
     role = cluster_role(strategy)
     common = dict(sample_rate=model_config.sample_rate, crop=crop, channels=model_config.channels,
                   batch_size=training["batch_size"], cache=training["cache"])
-    training_common = dict(crops_per_track=training["crops_per_track"],
+    augmentation = AugmentOptions(pitch_shift_semitones=training.get("pitch_shift_semitones", 0.0))
+    training_common = dict(crops_per_track=training["crops_per_track"], augmentation=augmentation,
                            seed=run_seed(training["seed"], role.index, start_epoch),
                            num_shards=role.count, shard_index=role.index, **common)
     groups = tracks["train"]
@@ -304,9 +336,19 @@ def build_model(run: dict, strategy):
         model = build_in_precision(architecture.build, model_config, run["training"].get("precision", "float32"))
         if run["training"].get("init_from"):
             print(f"Starting from {RunDirectory(run['training']['init_from']).load_weights(model)}")
-        model.compile(optimizer=keras.optimizers.Adam(run["training"]["learning_rate"]),
-                      loss=architecture.losses(model_config))
+        model.compile(optimizer=make_optimizer(run["training"]), loss=architecture.losses(model_config))
     return model, model_config
+
+
+def make_optimizer(training: dict) -> keras.optimizers.Optimizer:
+    """Adam; its learning rate multiplied by ``learning_rate_decay`` after every validation
+    interval (UMT decays it per epoch), gradients clipped to norm ``clip_norm`` if given."""
+    learning_rate = training["learning_rate"]
+    decay = training.get("learning_rate_decay", 1.0)
+    if decay != 1.0:
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            learning_rate, decay_steps=training["validate_every"], decay_rate=decay, staircase=True)
+    return keras.optimizers.Adam(learning_rate, clipnorm=training.get("clip_norm"))
 
 
 def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: CropSpec, sample_rate: int):
@@ -315,8 +357,10 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
     training = run["training"]
     outputs = RunDirectory(output_dir)
     outputs.checkpoints.mkdir(parents=True, exist_ok=True)
-    best = keras.callbacks.ModelCheckpoint(str(outputs.best_checkpoint), monitor="val_loss", save_best_only=True)
-    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["patience"])
+    architecture = ARCHITECTURES[run["arch"]]
+    monitor = architecture.checkpoint_metric(architecture.config_from_dict(run["model"]))
+    best = keras.callbacks.ModelCheckpoint(str(outputs.best_checkpoint), monitor=monitor, save_best_only=True)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=training["patience"])
     outputs.logs.mkdir(parents=True, exist_ok=True)
     if USES_TF_DATA:
         # Keras only records when the step is a multiple of update_freq, epoch summaries
@@ -327,7 +371,7 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
         tensorboard = [TorchScalarWriter(outputs.logs)] if TorchScalarWriter.available() else []
     return [
         ResumableBackup(outputs.backup, best, early_stopping, restore_dir=RunDirectory(run_dir).backup),
-        ValidationExamples(outputs.logs, *excerpts, crop, sample_rate, ARCHITECTURES[run["arch"]].inference_head),
+        *validation_examples(run, outputs.logs, excerpts, crop, sample_rate),
         *tensorboard,
         keras.callbacks.CSVLogger(str(outputs.logs / "metrics.csv"), append=True),
         best,
@@ -335,6 +379,26 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
         early_stopping,
         StopAtStep(training["steps"]),
     ]
+
+
+def validation_examples(run: dict, log_dir: Path, excerpts, crop: CropSpec, sample_rate: int) -> list:
+    """The ValidationExamples callback, separating as the architecture does; none for a
+    model that separates by autoregressive generation (TensorFlow code) on another backend."""
+    architecture = ARCHITECTURES[run["arch"]]
+    if architecture.separate_windows is None:
+        def separate(model, mix):
+            return architecture.inference_head(model.predict(mix, batch_size=4, verbose=0))
+    elif USES_TF_DATA:
+        from inference import keras_separator
+
+        config = architecture.config_from_dict(run["model"])
+
+        def separate(model, mix):
+            return keras_separator(model, run["arch"], config, source="validation").forward(mix)
+    else:
+        print(f"No validation SDR: {run['arch']} separates by generation, which runs on TensorFlow")
+        return []
+    return [ValidationExamples(log_dir, *excerpts, crop, sample_rate, separate)]
 
 
 def decoding_errors() -> tuple:

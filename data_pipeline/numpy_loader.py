@@ -386,3 +386,23 @@ class ValidationLoader(keras.utils.PyDataset):
         start = (number - int(self._first_window[song])) * self.crop.output_length
         vocals, accompaniment = (_window(source, start, self.crop) for source in self._songs[song])
         return vocals + accompaniment, _centre(vocals, self.crop), _centre(accompaniment, self.crop)
+
+
+class MappedLoader(keras.utils.PyDataset):
+    """Another loader's batches through ``function(mix, targets) -> (inputs, targets)``
+    (an architecture's ``training_batch``, written in ``keras.ops``), as numpy arrays:
+    what ``Dataset.map`` does for the tf.data pipeline."""
+
+    def __init__(self, loader: keras.utils.PyDataset, function):
+        super().__init__(workers=loader.workers, use_multiprocessing=loader.use_multiprocessing,
+                         max_queue_size=loader.max_queue_size)
+        self.loader, self.function = loader, function
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getitem__(self, index: int):
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, self.function(*self.loader[index]))
+
+    def on_epoch_end(self):
+        self.loader.on_epoch_end()

@@ -30,6 +30,8 @@ class Architecture:
     # (model, config, windows) -> sources, for models whose one pass does not separate
     # (e.g. autoregressive decoding); None: ``inference_head(model(windows))``.
     separate_windows: Callable | None = None
+    # (config) -> the validation metric that picks the best checkpoint and stops early.
+    checkpoint_metric: Callable = lambda config: "val_loss"
 
     def config_name(self, name: str, variant: str | None) -> str:
         """The named config as ``variant`` (the default variant: the name itself)."""

@@ -382,6 +382,12 @@ def training_batch(config: UMTConfig):
     return full_batch
 
 
+def checkpoint_metric(config: UMTConfig) -> str:
+    """The accompaniment's validation loss: the domain classifier's (which the encoder works
+    against) says nothing of how well the model separates."""
+    return "val_loss" if config.variant == "a" else "val_accompaniment_loss"
+
+
 def sources_from_outputs(outputs: dict) -> dict:
     """Structure A's outputs -> waveforms: the expected accompaniment, and the vocals."""
     return {"vocals": outputs["vocals"], "accompaniment": expected_waveform(outputs["accompaniment"])}
@@ -410,4 +416,5 @@ register("umt", Architecture(
     variants=VARIANTS,
     training_batch=training_batch,
     separate_windows=separate_windows,
+    checkpoint_metric=checkpoint_metric,
 ))

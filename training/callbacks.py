@@ -42,9 +42,9 @@ class ValidationExamples(keras.callbacks.Callback):
     TensorBoard with audio and spectrograms of the first ``audio_examples``."""
 
     def __init__(self, log_dir, mix: np.ndarray, targets: dict, crop: CropSpec, sample_rate: int,
-                 inference_head=lambda outputs: outputs, audio_examples: int = 2):
+                 separate=lambda model, mix: model.predict(mix, batch_size=4, verbose=0), audio_examples: int = 2):
         super().__init__()
-        self.inference_head = inference_head  # the architecture's: model outputs -> source waveforms
+        self.separate = separate  # (model, mix windows) -> source waveforms: the architecture's way
         self.tensorboard = None
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
@@ -56,7 +56,7 @@ class ValidationExamples(keras.callbacks.Callback):
         self.references_logged = False
 
     def on_epoch_end(self, epoch, logs=None):
-        outputs = self.inference_head(self.model.predict(self.mix, batch_size=4, verbose=0))
+        outputs = self.separate(self.model, self.mix)
         estimates = {source: keras.ops.convert_to_numpy(estimate) for source, estimate in outputs.items()}
         scores = validation_sdr(self.targets, estimates, self.mix_centre)
         if logs is not None:
@@ -85,9 +85,9 @@ class ValidationExamples(keras.callbacks.Callback):
                 log_audio(f"estimate_{source}", estimates[source])
             if not self.references_logged:
                 # Keras 3 logs only the conceptual (layer) graph; this adds the op graph of the forward pass.
-                forward = tf.function(lambda mix: self.model(mix, training=False))
-                tf.summary.graph(forward.get_concrete_function(
-                    tf.TensorSpec([None, *self.mix.shape[1:]], tf.float32)).graph)
+                forward = tf.function(lambda inputs: self.model(inputs, training=False))
+                tf.summary.graph(forward.get_concrete_function(keras.tree.map_structure(
+                    lambda tensor: tf.TensorSpec(tensor.shape, tensor.dtype), self.model.input)).graph)
                 log_audio("mixture", self.mix_centre)
                 for source in SOURCES:
                     log_audio(f"reference_{source}", self.targets[source])
