@@ -359,8 +359,9 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
     outputs.checkpoints.mkdir(parents=True, exist_ok=True)
     architecture = ARCHITECTURES[run["arch"]]
     monitor = architecture.checkpoint_metric(architecture.config_from_dict(run["model"]))
-    best = keras.callbacks.ModelCheckpoint(str(outputs.best_checkpoint), monitor=monitor, save_best_only=True)
-    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=training["patience"])
+    best = keras.callbacks.ModelCheckpoint(str(outputs.best_checkpoint), monitor=monitor, mode="min",
+                                           save_best_only=True)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=training["patience"])
     outputs.logs.mkdir(parents=True, exist_ok=True)
     if USES_TF_DATA:
         # Keras only records when the step is a multiple of update_freq, epoch summaries

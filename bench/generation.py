@@ -1,7 +1,7 @@
 """Speed of UMT's autoregressive decoder generators (``models.generation``), measured side
 by side in one run.
 
-    python -m bench.generation          # about 4 minutes on 2 CPU cores (see below)
+    python -m bench.generation          # about 2 minutes on 2 CPU cores (see below)
     python -m bench.generation --jit    # also each incremental rate under XLA
 
 Random weights (speed does not depend on them), random pooled latent frames
@@ -15,8 +15,8 @@ and compilation are excluded; a rate is the best of --repeats timed calls.
      - incremental: ``generate_incremental`` (per-layer cached queues), --steps steps;
      - naive from silence: ``generate_naive`` (the Keras decoder over its field at every
        step) for its first --naive-steps steps. Its window starts at one sample and
-       grows by one per step up to the decoder's field (1024, 2047 and 4094 samples
-       at 1, 2 and 4 blocks), so these first steps are its cheapest;
+       grows by one per step up to the decoder's field (1025, 2048 and 4094 samples
+       at 1, 2 and 4 blocks of 10), so these first steps are its cheapest;
      - naive full field: the same loop body (``generate_naive``'s, with the same decoder)
        entered once its window is the whole field, over silent history: what every
        naive step costs after the first ``field`` samples, i.e. for almost all of a 1 s
@@ -31,15 +31,20 @@ and compilation are excluded; a rate is the best of --repeats timed calls.
    separation cuts chunk windows, see ``generation.separate_windows``), and batch 1
    (one long sequence). The incremental generator's cost per step does not depend on
    the step, so a row times at most --segment-steps steps (batch 1: --steps) and
-   extrapolates to the whole clip; it says so. x realtime = audio seconds per wall
-   second = samples/s / 16000. The encoder is not included.
+   extrapolates to the whole clip; it says so (--segment-steps 0 times whole segments:
+   on the paper-full 30 x 1 s batch that measured 2731 samples/s where 2000 timed
+   steps gave 2470, so the extrapolation errs, if anything, slow). x realtime = audio
+   seconds per wall second = samples/s / 16000. The encoder is not included.
 3. --jit: each incremental rate also under ``tf.function(jit_compile=True)`` (XLA,
-   compiled for the timed length during the warm-up call), beside the plain graph,
-   with whether its samples are the graph's. If XLA fails on this build, it says why
-   and goes on.
+   compiled for the timed length during the warm-up call), beside the plain graph.
+   It first prints whether ``stateless_uniform`` (the Gumbel noise) draws the same
+   numbers under XLA: on TF 2.16's CPU build it does not (the algorithm is picked per
+   device), so XLA samples other classes from the same logits (at temperature 0 they
+   agree); if it does, any row whose XLA samples differ is noted. If XLA fails on this
+   build, it says why and goes on.
 
-Run time: the default run took about 4 minutes on this project's 2-core machine
-(shared with a low-priority training run); --jit adds about half a minute. Exits 1
+Run time, on this project's 2-core machine shared with a low-priority training run:
+about 2 minutes by default, about 4 with --jit, about 4.5 with --segment-steps 0. Exits 1
 only if the two generators' samples differ (a correctness failure, not a time).
 """
 from __future__ import annotations
@@ -190,8 +195,8 @@ def depth_rows(args) -> bool:
         same = np.array_equal(classes[:, :args.naive_steps], naive_classes)
         agree &= same
         ratios.append(incremental / full_field)
-        print(f"{blocks}x{layers:<4d} {field:6d} {incremental:11.0f}{jit_cells} {from_silence:10.1f} {full_field:10.1f} "
-              f"{incremental / full_field:9.1f}x {incremental / from_silence:10.1f}x  "
+        print(f"{blocks}x{layers:<4d} {field:6d} {incremental:11.0f}{jit_cells} {from_silence:10.1f} "
+              f"{full_field:10.1f} {incremental / full_field:9.1f}x {incremental / from_silence:10.1f}x  "
               f"{'yes' if same else 'NO':>12s}")
     grows = all(later > earlier for earlier, later in zip(ratios, ratios[1:]))
     print(f"incremental / naive (full field) grows with depth: {'yes' if grows else 'NO'} "
@@ -227,7 +232,7 @@ def realtime_rows(args) -> None:
             jit_cells = ""
             if args.jit:
                 xla, note = xla_rate(weights, config, frames, measured, args.repeats, classes)
-                jit_cells = (f" {xla / config.sample_rate:8.2f}x {xla / rate:8.2f}x" if xla
+                jit_cells = (f" {xla / config.sample_rate:8.3f}x {xla / rate:8.2f}x" if xla
                              else f" {'-':>9s} {'-':>9s}")
                 notes += [f"  {name} batch {batch}: {note}"] if note else []
             if measured == steps:
@@ -253,8 +258,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clip-seconds", type=float, default=30.0, help="clip of part 2 (default: 30)")
     parser.add_argument("--segment-seconds", type=float, default=1.0,
                         help="segments generated side by side in part 2 (default: 1.0, separation's)")
-    parser.add_argument("--segment-steps", type=int, default=2000,
-                        help="steps of each segment timed in part 2, the rest extrapolated; 0: all (default: 2000)")
+    parser.add_argument("--segment-steps", type=int, default=4000,
+                        help="steps of each segment timed in part 2, the rest extrapolated; 0: all (default: 4000)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per rate; the best counts (default: 1)")
     parser.add_argument("--jit", action="store_true", help="also time the incremental generator under XLA")
     parser.add_argument("--skip-realtime", action="store_true", help="part 1 only")

@@ -43,15 +43,22 @@ def level_of(classes):
     return tf.cast(classes, tf.float32) * (2.0 / mulaw.MU) - 1.0
 
 
-def sample_classes(logits, seed, step, temperature: float):
+def sample_classes(logits, seed, step, temperature: float, streams=None):
     """``[batch, channels, 256]`` logits -> classes ``[batch, channels]``: Gumbel-max with
-    noise from (seed, step), so every generator draws the same sample from the same logits."""
+    noise from (seed, step, stream), so every generator draws the same sample from the
+    same logits. ``streams`` ``[batch]`` (int32, default: each row its own) picks each row's
+    noise: rows of one stream share it. Separation gives every segment of a window its
+    place in the window, so its samples do not depend on how windows are batched."""
     if temperature == 0:
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
-    uniform = tf.random.stateless_uniform(tf.shape(logits), tf.stack([tf.cast(seed, tf.int64),
-                                                                      tf.cast(step, tf.int64)]),
-                                          minval=1e-20, maxval=1.0)
-    gumbel = -tf.math.log(-tf.math.log(uniform))
+    shape = tf.shape(logits)
+    streams = tf.range(shape[0]) if streams is None else streams
+    stream_count = tf.reduce_max(streams) + 1
+    seeds = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+    # Not under XLA: it draws other numbers for the same seeds (bench/generation.py --jit).
+    uniform = tf.random.stateless_uniform(tf.concat([[stream_count], shape[1:]], 0), seeds, minval=1e-20,
+                                          maxval=1.0)
+    gumbel = -tf.math.log(-tf.math.log(tf.gather(uniform, streams)))
     return tf.argmax(logits / temperature + gumbel, axis=-1, output_type=tf.int32)
 
 
@@ -140,9 +147,10 @@ def _dense(x, kernel_bias):
     return tf.matmul(x, kernel) + bias
 
 
-def generate_incremental(weights: DecoderWeights, frames, pool: int, length, seed=0, temperature: float = 1.0):
+def generate_incremental(weights: DecoderWeights, frames, pool: int, length, seed=0, temperature: float = 1.0,
+                         streams=None):
     """Classes ``[b, length, channels]`` (int32) from the pooled latent ``frames`` ``[b, ≥ length / pool, latent]``
-    with per-layer cached queues; ``length`` may be a run-time tensor."""
+    with per-layer cached queues; ``length`` may be a run-time tensor. ``streams``: see ``sample_classes``."""
     frames = tf.convert_to_tensor(frames)
     batch = tf.shape(frames)[0]
     conditions = weights.conditions(frames)
@@ -166,7 +174,7 @@ def generate_incremental(weights: DecoderWeights, frames, pool: int, length, see
             new_queues.append(queue)
         hidden = tf.nn.relu(_dense(tf.nn.relu(skip), weights.hidden) + conditions[-1][:, frame])
         logits = tf.reshape(_dense(hidden, weights.logits), [batch, weights.channels, mulaw.CLASSES])
-        classes = sample_classes(logits, seed, step, temperature)
+        classes = sample_classes(logits, seed, step, temperature, streams)
         return step + 1, level_of(classes), input_queue, new_queues, outputs.write(step, classes)
 
     initial = (tf.constant(0), tf.zeros([batch, weights.channels]),
@@ -182,7 +190,8 @@ def _gate(x):
     return tf.tanh(filters) * tf.sigmoid(gates)
 
 
-def generate_naive(decoder: keras.Model, config: UMTConfig, frames, length, seed=0, temperature: float = 1.0):
+def generate_naive(decoder: keras.Model, config: UMTConfig, frames, length, seed=0, temperature: float = 1.0,
+                   streams=None):
     """``generate_incremental``'s samples the slow way: each step runs the trained decoder
     (``decoder_model``) over the last ``decoder_field`` samples (fewer at the start, as
     its causal padding starts from silence) and keeps the last output."""
@@ -198,7 +207,7 @@ def generate_naive(decoder: keras.Model, config: UMTConfig, frames, length, seed
         start = tf.maximum(step - field + 1, 0)
         window = levels[:, start:step + 1]
         logits = decoder([window, latent[:, start:step + 1]], training=False)[:, -1]
-        classes = sample_classes(tf.cast(logits, tf.float32), seed, step, temperature)
+        classes = sample_classes(tf.cast(logits, tf.float32), seed, step, temperature, streams)
         levels = tf.concat([levels, level_of(classes)[:, None]], axis=1)
         return step + 1, levels, outputs.write(step, classes)
 
@@ -218,13 +227,16 @@ def separate_windows(model: keras.Model, config: UMTConfig, windows, segment_sec
     windows = tf.convert_to_tensor(windows, tf.float32)
     count, length = tf.shape(windows)[0], tf.shape(windows)[1]
     frames = tf.cast(encoder_model(model)(windows, training=False), tf.float32)
-    segment_frames = max(1, round(segment_seconds * config.sample_rate / pool))
     frame_count = tf.shape(frames)[1]
+    # Never longer than the window: a short window is one segment of its own length.
+    segment_frames = tf.minimum(max(1, round(segment_seconds * config.sample_rate / pool)), frame_count)
     segments = (frame_count + segment_frames - 1) // segment_frames
     frames = tf.pad(frames, [[0, 0], [0, segments * segment_frames - frame_count], [0, 0]])
     frames = tf.reshape(frames, [count * segments, segment_frames, config.latent_channels])
+    # Segment s of every window draws noise stream s.
+    streams = tf.tile(tf.range(segments), [count])
     classes = generate_incremental(DecoderWeights(model, config), frames, pool, segment_frames * pool, seed,
-                                   temperature)
+                                   temperature, streams)
     accompaniment = tf.reshape(mulaw.decode(classes), [count, segments * segment_frames * pool, config.channels])
     accompaniment = accompaniment[:, :length]
     return {"vocals": windows - accompaniment, "accompaniment": accompaniment}
