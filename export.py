@@ -158,7 +158,7 @@ def export_run(run_dir, base_dir, version: int | None = None, onnx: bool = False
     run = RunDirectory(run_dir).read_config()
     loaded = load_run(run_dir)
     architecture = ARCHITECTURES[loaded.arch]
-    if onnx and architecture.separate_windows is not None:
+    if onnx and architecture.generator(loaded.config) is not None:
         raise ExportError(f"--onnx writes one model call on chunk windows; {run['config_name']} ({loaded.arch}) "
                           f"separates by autoregressive generation, which only the SavedModel holds")
     version = next_version(base_dir) if version is None else version

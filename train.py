@@ -386,13 +386,12 @@ def validation_examples(run: dict, log_dir: Path, excerpts, crop: CropSpec, samp
     """The ValidationExamples callback, separating as the architecture does; none for a
     model that separates by autoregressive generation (TensorFlow code) on another backend."""
     architecture = ARCHITECTURES[run["arch"]]
-    if architecture.separate_windows is None:
+    config = architecture.config_from_dict(run["model"])
+    if architecture.generator(config) is None:
         def separate(model, mix):
             return architecture.inference_head(model.predict(mix, batch_size=4, verbose=0))
     elif USES_TF_DATA:
         from inference import keras_separator
-
-        config = architecture.config_from_dict(run["model"])
 
         def separate(model, mix):
             return keras_separator(model, run["arch"], config, source="validation").forward(mix)

@@ -1,16 +1,30 @@
 """Separation speed and memory, measured side by side in one run.
 
-    python -m bench.separate [--runtimes ...] [--quality]
+    python -m bench.separate [--configs ...] [--runtimes ...] [--quality]
 
-For the default preset and M4/M5/M5-HighSR-sized Wave-U-Nets (random weights:
-speed does not depend on them) on a 30 s stereo 44.1 kHz clip, in each runtime
-(Keras in float32 and bfloat16, the exported SavedModel, its model.onnx in ONNX
-Runtime, and that file statically quantized to int8), it prints:
+For each --configs entry, a registered architecture's named config with random weights
+(speed does not depend on them): "<arch>:<config>" (e.g. wavenet:small, umt:small-full),
+or a bare name for a Wave-U-Net (by default the default preset and M4/M5/M5-HighSR-sized
+ones, then wavenet:small, umt:small (Structure A) and umt:small-full), it separates a 30 s
+stereo 44.1 kHz clip in each runtime (Keras in float32 and bfloat16, the exported
+SavedModel, its model.onnx in ONNX Runtime, and that file statically quantized to int8)
+and prints:
   - x realtime: seconds of audio separated per wall-clock second (the best of
     --repeats runs), and as a multiple of Keras float32's for the same config;
-  - achieved FLOP/s as a percentage of this machine's measured float32 matmul FLOP/s;
-  - context overhead: input samples computed per output sample, for our chunking
-    against f90's (which runs the network on its 147443 -> 16389 training frame).
+  - achieved FLOP/s as a percentage of this machine's measured float32 matmul FLOP/s
+    (the model's Conv1D multiply-adds; "n/a" where they cannot be counted from its
+    layers' output shapes);
+  - context overhead: input samples computed per output sample, for the architecture's
+    chunk plan, and for a Wave-U-Net against f90's (which runs the network on its
+    147443 -> 16389 training frame; "n/a" for other architectures).
+Every model runs at its own rate and channel count through the same path as separate.py:
+UMT (16 kHz mono) hears the clip resampled, as two mono passes. UMT's separation is not
+one model call per window (export.py writes no model.onnx for it), so its rows skip the
+ONNX runtimes, saying so. UMT's full variant generates the accompaniment sample by
+sample (``models.generation``, 1 s segments of each window side by side): small-full
+separated the stereo clip (two mono passes) at about 1.1x realtime on 2 busy cores, so
+its rows are timed once, not --repeats times (marked "1 run"), after a warm-up on a 1 s
+window, which traces the same graph.
 Then Open-Unmix UMX-HQ's speed, estimated from a reference ratio to M5-HighSR, and
 the peak RSS of separate.py separating a 10-minute stereo file. ``--quality`` scores
 the shipped model in each runtime on the 14 MUSDB18 validation previews (through
@@ -57,6 +71,60 @@ SDR_TOLERANCE = 0.05  # dB: a faster runtime must keep the median SDR this close
 # Open-Unmix UMX-HQ (vocals + residual, niter 1) separated 1.7x as fast as a float32 M5-HighSR,
 # measured once on this machine kind with random weights on a 30 s stereo clip.
 OPEN_UNMIX_PER_M5_HIGHSR = 1.7
+DEFAULT_CONFIGS = ("small", "M4", "M5", "M5-HighSR", "wavenet:small", "umt:small", "umt:small-full")
+# A generating config separates the stereo clip at about 1x realtime on 2 cores: --repeats runs of it in
+# every runtime would take minutes. One run is noisier than a best-of, so its rows say "1 run".
+GENERATION_REPEATS = 1
+# Its warm-up only needs the trace (per-sample steps plan no large kernels): a 1 s window traces the
+# graph a 30 s one runs, at a thirtieth of the cost.
+GENERATION_WARMUP_SECONDS = 1.0
+# export.py's parity check separates 2.5 windows in Keras and again in the SavedModel; a generating
+# model spends a whole segment's steps on each window, so the bench exports it with one-pool windows.
+# (The bench times the SavedModel's per-window ``forward`` with its own chunking, not this framing.)
+GENERATION_EXPORT_CHUNK_SECONDS = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchModel:
+    """A registered architecture's config, timed with random weights."""
+
+    arch: str
+    name: str
+    config: object  # the architecture's config dataclass
+
+    @classmethod
+    def parse(cls, text: str) -> "BenchModel":
+        """"<arch>:<config>", or a bare Wave-U-Net config name (the bench's first rows: the README's
+        commands keep working)."""
+        arch, _, name = text.rpartition(":")
+        arch = arch or "waveunet"
+        if arch not in ARCHITECTURES:
+            raise argparse.ArgumentTypeError(f"unknown architecture {arch!r} in {text!r}; "
+                                             f"choose one of {', '.join(ARCHITECTURES)}")
+        if name not in ARCHITECTURES[arch].configs:
+            raise argparse.ArgumentTypeError(f"{arch} has no config {name!r}; choose one of "
+                                             f"{', '.join(ARCHITECTURES[arch].configs)}")
+        return cls(arch, name, ARCHITECTURES[arch].configs[name])
+
+    @classmethod
+    def of_run(cls, run_dir: Path) -> "BenchModel":
+        """The model a run directory describes."""
+        run = RunDirectory(run_dir).read_config()
+        return cls(run["arch"], run.get("config_name"), ARCHITECTURES[run["arch"]].config_from_dict(run["model"]))
+
+    @property
+    def architecture(self):
+        return ARCHITECTURES[self.arch]
+
+    @property
+    def label(self) -> str:
+        return self.name if self.arch == "waveunet" else f"{self.arch}:{self.name}"
+
+    @property
+    def generates(self) -> bool:
+        """Whether separation decodes sample by sample (UMT's full variant, ``models.generation``);
+        export.py writes no model.onnx for such a model."""
+        return ARCHITECTURES[self.arch].generator(self.config) is not None
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 20) -> float:
@@ -73,13 +141,28 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 20) -> float:
     return 2 * size ** 3 / min(seconds)
 
 
-def model_flops(model: keras.Model) -> float:
-    """Multiply-adds of every convolution, counted twice (FLOPs), for the model's fixed input length."""
+def model_flops(model: keras.Model) -> float | None:
+    """Multiply-adds of every convolution, counted twice (FLOPs), for the model's fixed input length;
+    None where a layer's output length is unknown (e.g. a layer called twice has no one output).
+
+    For UMT's full model this is its teacher-forced graph: generation does the decoder's
+    multiply-adds one sample at a time (the conditioning once per pooled frame, so a little fewer)."""
     total = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv1D):
+        if isinstance(layer, keras.Model):  # a nested model: count its convolutions too
+            nested = model_flops(layer)
+            if nested is None:
+                return None
+            total += nested
+        elif isinstance(layer, keras.layers.Conv1D):
+            try:
+                length = layer.output.shape[1]
+            except (AttributeError, ValueError):
+                return None
+            if length is None:
+                return None
             kernel, channels_in, channels_out = layer.kernel.shape
-            total += 2 * kernel * channels_in * channels_out * layer.output.shape[1]
+            total += 2 * kernel * channels_in * channels_out * length
     return float(total)
 
 
@@ -122,21 +205,28 @@ def quantize_int8(onnx_path: Path, songs: list) -> Path:
 
 
 def runtime_models(run_dir: Path, scratch: Path, runtimes: list, calibration_songs: list) -> dict:
-    """Per runtime, the (path, precision) that ``load_separator`` loads it from; exports the run when needed."""
+    """Per runtime, the (path, precision) that ``load_separator`` loads it from; exports the run when needed.
+    The ONNX runtimes are left out for an architecture that export.py writes no model.onnx for."""
+    model = BenchModel.of_run(run_dir)
+    onnx = not model.generates and any(runtime.startswith("onnx") for runtime in runtimes)
     models = {"keras-float32": (run_dir, "float32"), "keras-bfloat16": (run_dir, "bfloat16")}
-    if any(runtime.startswith(("savedmodel", "onnx")) for runtime in runtimes):
-        version_dir = export_run(run_dir, scratch, onnx=True, log=lambda message: None)
+    if onnx or any(runtime.startswith("savedmodel") for runtime in runtimes):
+        export_chunk = {"chunk_seconds": GENERATION_EXPORT_CHUNK_SECONDS} if model.generates else {}
+        version_dir = export_run(run_dir, scratch, onnx=onnx, log=lambda message: None, **export_chunk)
         models["savedmodel-float32"] = (version_dir, "float32")
-        models["onnx-float32"] = (version_dir / ONNX_FILE, "float32")
-        if "onnx-int8" in runtimes:
+        if onnx:
+            models["onnx-float32"] = (version_dir / ONNX_FILE, "float32")
+        if onnx and "onnx-int8" in runtimes:
             models["onnx-int8"] = (quantize_int8(version_dir / ONNX_FILE, calibration_songs), "float32")
-    return {runtime: models[runtime] for runtime in runtimes}
+    return {runtime: models[runtime] for runtime in runtimes if runtime in models}
 
 
-def measure(separator: Separator, clip: np.ndarray, chunk_seconds: float, repeats: int) -> float:
-    """x realtime of ``separate_song`` on the clip, after a warm-up that traces graphs and plans kernels: the
-    best of ``repeats`` runs, which is the least disturbed by other processes on the machine."""
-    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)
+def measure(separator: Separator, clip: np.ndarray, chunk_seconds: float, repeats: int,
+            warmup_chunk_seconds: float | None = None) -> float:
+    """x realtime of ``separate_song`` on the clip, after a warm-up that traces graphs and plans kernels
+    (on one window of ``warmup_chunk_seconds``, default ``chunk_seconds``): the best of ``repeats`` runs,
+    which is the least disturbed by other processes on the machine."""
+    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, warmup_chunk_seconds or chunk_seconds)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -145,24 +235,46 @@ def measure(separator: Separator, clip: np.ndarray, chunk_seconds: float, repeat
     return len(clip) / CLIP_RATE / min(seconds)
 
 
-def speed_rows(name: str, runtimes: list, clip: np.ndarray, chunk_seconds: float, repeats: int, peak: float,
-               scratch: Path) -> dict:
-    """x realtime of a random-weight config in each runtime; prints a row for each."""
-    config = WAVEUNET.configs[name]
-    run_dir = save_random_run(name, scratch / name / "run")
-    plan = WAVEUNET.chunk_plan(config, int(chunk_seconds * config.sample_rate))
-    chunks = -(-int(len(clip) / CLIP_RATE * config.sample_rate) // plan.stride)
+def flops_per_audio_second(model: BenchModel, plan, clip_seconds: float) -> float | None:
+    """FLOPs the chunked path computes per second of the clip: every chunk, in every mono pass."""
+    config = model.config
+    chunks = -(-int(clip_seconds * config.sample_rate) // plan.stride)
     passes = 2 if config.channels == 1 else 1
-    flops_per_audio_second = model_flops(WAVEUNET.build(config, plan.input_length)) * chunks * passes / (
-        len(clip) / CLIP_RATE)
-    f90_input, f90_output = WAVEUNET.input_length_for(config, config.num_frames)
-    models = runtime_models(run_dir, scratch / name / "export", runtimes, [(clip[:3 * CLIP_RATE], CLIP_RATE)])
+    flops = model_flops(model.architecture.build(config, plan.input_length))
+    return None if flops is None else flops * chunks * passes / clip_seconds
+
+
+def f90_framing(model: BenchModel) -> str:
+    """Input samples per output sample of f90's training frame: a Wave-U-Net's only."""
+    if model.arch != "waveunet":
+        return "n/a"
+    f90_input, f90_output = WAVEUNET.input_length_for(model.config, model.config.num_frames)
+    return f"{f90_input / f90_output:.2f}x"
+
+
+def speed_rows(model: BenchModel, runtimes: list, clip: np.ndarray, chunk_seconds: float, repeats: int,
+               peak: float, scratch: Path) -> dict:
+    """x realtime of a random-weight config in each runtime that applies to it; prints a row for each."""
+    folder = scratch / f"{model.arch}-{model.name}"
+    run_dir = save_random_run(model, folder / "run")
+    plan = model.architecture.chunk_plan(model.config, int(chunk_seconds * model.config.sample_rate))
+    flops = flops_per_audio_second(model, plan, len(clip) / CLIP_RATE)
+    framing = f90_framing(model)
+    skipped = [runtime for runtime in runtimes if runtime.startswith("onnx") and model.generates]
+    if skipped:
+        print(f"{model.label}: {', '.join(skipped)} skipped: export.py writes no model.onnx for {model.arch} "
+              f"(its separation is not one model call per window)")
+    repeats, warmup, note = (GENERATION_REPEATS, min(GENERATION_WARMUP_SECONDS, chunk_seconds),
+                             f"  {GENERATION_REPEATS} run") if model.generates else (repeats, None, "")
+    models = runtime_models(run_dir, folder / "export", [r for r in runtimes if r not in skipped],
+                            [(clip[:3 * CLIP_RATE], CLIP_RATE)])
     realtime = {}
-    for runtime, model in models.items():
-        speed = realtime[runtime] = measure(load_separator(*model), clip, chunk_seconds, repeats)
-        print(f"{name:10s} {runtime:18s} {config.sample_rate:6d} {speed:10.2f}x "
-              f"{speed / realtime['keras-float32']:12.2f}x {100 * flops_per_audio_second * speed / peak:11.1f}% "
-              f"{plan.overhead:16.2f}x {f90_input / f90_output:11.2f}x")
+    for runtime, path in models.items():
+        speed = realtime[runtime] = measure(load_separator(*path), clip, chunk_seconds, repeats, warmup)
+        utilisation = "n/a" if flops is None else f"{100 * flops * speed / peak:.1f}%"
+        print(f"{model.label:15s} {runtime:18s} {model.config.sample_rate:6d} {speed:10.2f}x "
+              f"{speed / realtime['keras-float32']:12.2f}x {utilisation:>12s} {plan.overhead:16.2f}x "
+              f"{framing:>12s}{note}")
     return realtime
 
 
@@ -184,11 +296,12 @@ def peak_rss_of_long_separation(minutes: float, model_dir: Path, scratch: Path) 
     return kilobytes / 2 ** 20
 
 
-def save_random_run(name: str, folder: Path) -> Path:
+def save_random_run(model: BenchModel, folder: Path) -> Path:
+    """A run directory of ``model`` with random weights, as ``load_separator`` and export.py read it."""
     run_directory = RunDirectory(folder)
-    run_directory.write_config({"arch": "waveunet", "model": WAVEUNET.configs[name].to_dict()})
+    run_directory.write_config({"arch": model.arch, "config_name": model.name, "model": model.config.to_dict()})
     run_directory.checkpoints.mkdir()
-    WAVEUNET.build(WAVEUNET.configs[name]).save(run_directory.last_checkpoint)
+    model.architecture.build(model.config).save(run_directory.last_checkpoint)
     return folder
 
 
@@ -218,13 +331,18 @@ def quality(runtimes: list, data_root: Path, chunk_seconds: float, scratch: Path
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["small", "M4", "M5", "M5-HighSR"],
-                        help="Wave-U-Net configs to time, with random weights (default: small M4 M5 M5-HighSR)")
+    parser.add_argument("--configs", nargs="+", type=BenchModel.parse,
+                        default=[BenchModel.parse(text) for text in DEFAULT_CONFIGS],
+                        help="configs to time, with random weights: <arch>:<config> of any registered "
+                             "architecture, or a Wave-U-Net config's bare name (default: "
+                             f"{' '.join(DEFAULT_CONFIGS)})")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         help="runtimes to time each config in (default: all); keras-float32, the reference, "
                              "is always measured")
     parser.add_argument("--chunk-seconds", type=float, default=30.0, help="separate.py's default")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the best counts (default: 3)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help=f"timed runs per row; the best counts (default: 3; generating configs: "
+                             f"{GENERATION_REPEATS})")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="length of the memory test file")
     parser.add_argument("--model", help="run directory for the memory test (default: the shipped pretrained "
                                         "model, else a random small model)")
@@ -240,13 +358,14 @@ def main():
     clip = np.random.default_rng(0).uniform(-0.3, 0.3, (30 * CLIP_RATE, 2)).astype(np.float32)
     peak = matmul_flops_per_second()
     print(f"Machine: {os.cpu_count()} CPU cores, float32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
-          f"clip: 30 s stereo at {CLIP_RATE} Hz; chunks of {args.chunk_seconds:g} s; best of {args.repeats} runs")
-    print(f"{'model':10s} {'runtime':18s} {'rate':>6s} {'x realtime':>11s} {'vs keras fp32':>13s} {'% fp32 peak':>12s} "
+          f"clip: 30 s stereo at {CLIP_RATE} Hz; chunks of {args.chunk_seconds:g} s; best of {args.repeats} runs "
+          f"({GENERATION_REPEATS} for configs that generate sample by sample)")
+    print(f"{'model':15s} {'runtime':18s} {'rate':>6s} {'x realtime':>11s} {'vs keras fp32':>13s} {'% fp32 peak':>12s} "
           f"{'context overhead':>17s} {'f90 framing':>12s}")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        realtime = {name: speed_rows(name, runtimes, clip, args.chunk_seconds, args.repeats, peak, scratch)
-                    for name in args.configs}
+        realtime = {model.label: speed_rows(model, runtimes, clip, args.chunk_seconds, args.repeats, peak, scratch)
+                    for model in args.configs}
         if "M5-HighSR" in realtime:
             open_unmix = OPEN_UNMIX_PER_M5_HIGHSR * realtime["M5-HighSR"]["keras-float32"]
             print(f"Open-Unmix UMX-HQ (vocals + residual, niter 1), estimated, not measured: {open_unmix:.2f}x "
@@ -258,7 +377,8 @@ def main():
                       f"= {realtime['small'][fastest] / open_unmix:.2f} x that Open-Unmix estimate (aim: >= 1.5)")
 
         model_dir = Path(args.model) if args.model else (
-            PRETRAINED_MODEL if PRETRAINED_MODEL.is_dir() else save_random_run("small", scratch / "run"))
+            PRETRAINED_MODEL if PRETRAINED_MODEL.is_dir() else save_random_run(BenchModel.parse("small"),
+                                                                                scratch / "run"))
         rss = peak_rss_of_long_separation(args.long_minutes, model_dir, scratch)
         audio_gib = args.long_minutes * 60 * CLIP_RATE * 2 * 4 / 2 ** 30
         print(f"Peak RSS separating a {args.long_minutes:g}-minute stereo file with {model_dir.name}: {rss:.2f} GiB "

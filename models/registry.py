@@ -27,9 +27,9 @@ class Architecture:
     # (config) -> None, or a function (mix, targets) -> (model inputs, model targets) that
     # turns the pipeline's batches into what the training model takes (keras.ops).
     training_batch: Callable = lambda config: None
-    # (model, config, windows) -> sources, for models whose one pass does not separate
-    # (e.g. autoregressive decoding); None: ``inference_head(model(windows))``.
-    separate_windows: Callable | None = None
+    # (config) -> None for a model whose one pass separates (``inference_head(model(windows))``),
+    # else a function (model, windows) -> sources, e.g. autoregressive generation.
+    generator: Callable = lambda config: None
     # (config) -> the validation metric that picks the best checkpoint and stops early.
     checkpoint_metric: Callable = lambda config: "val_loss"
 
@@ -44,8 +44,9 @@ class Architecture:
     def run_windows(self, model, config, windows) -> dict:
         """Chunk-plan windows ``[n, input_length, channels]`` -> {"vocals", "accompaniment"}
         ``[n, output_length, channels]``: what separation runs on every chunk."""
-        if self.separate_windows is not None:
-            return self.separate_windows(model, config, windows)
+        generate = self.generator(config)
+        if generate is not None:
+            return generate(model, windows)
         return self.inference_head(model(windows, training=False))
 
 

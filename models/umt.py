@@ -59,6 +59,7 @@ from models.wavenet import MuLawCompand, MuLawExpectation, expected_waveform, mu
 DEFAULT_CONFIG = "small"
 VARIANTS = ("a", "full")  # the first is the default
 DOMAINS = ("input-kind", "none")
+HEADS = ("classification", "regression")
 # UMT's pooling kernel at its 16 kHz; other rates scale it.
 POOL_RATE = 16000
 
@@ -73,6 +74,9 @@ class UMTConfig:
     """One UMT separator. Defaults are the CPU-sized "small" Structure A."""
 
     variant: str = VARIANTS[0]
+    # Structure A's output: 256 mu-law classes (UMT's), or a waveform trained with MSE: the mix
+    # plus a learned correction, so an untrained model starts from the mix (see CONFIGS).
+    head: str = "classification"
     encoder_blocks: int = 1
     encoder_layers: int = 10  # dilations 1, 2, ..., 2**(encoder_layers - 1) in each block
     encoder_channels: int = 24
@@ -95,6 +99,8 @@ class UMTConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.head not in HEADS or (self.variant == "full" and self.head != "classification"):
+            raise ValueError(f"head must be one of {HEADS} (full: classification, it samples), got {self.head!r}")
         if self.domains not in DOMAINS:
             raise ValueError(f"domains must be one of {DOMAINS}, got {self.domains!r}")
         if self.encoder_kernel_size < 3 or self.encoder_kernel_size % 2 == 0:
@@ -127,7 +133,9 @@ _PAPER = dict(encoder_blocks=3, encoder_channels=128, latent_channels=64, decode
 # "<name>" is Structure A, "<name>-full" the full variant (train.py --variant full).
 CONFIGS: dict[str, UMTConfig] = {
     # Train in minutes on a 2-core CPU (README): one block of 10 layers on each side, 24 channels.
-    "small": UMTConfig(),
+    # Structure A's small config regresses the waveform: in CPU minutes the classification head
+    # stays far below the no-separation baseline (README, UMT).
+    "small": UMTConfig(head="regression"),
     "small-full": UMTConfig(variant="full"),
     # music-translation's sizes (3 x 10 encoder layers of 128 channels, latent 64; a 4 x 10 layer
     # causal decoder for full, 3 x 10 non-causal layers for Structure A); for GPUs.
@@ -247,7 +255,9 @@ def _residual_stack(features, blocks: int, layers_per_block: int, channels: int,
     for index, dilation in enumerate(_dilations(blocks, layers_per_block)):
         hidden = layers.Conv1D(channels, kernel_size, dilation_rate=dilation, padding=padding, activation="relu",
                                name=f"{name}_dilated_{index}")(features)
-        hidden = layers.Conv1D(channels, 1, name=f"{name}_mix_{index}")(hidden)
+        # Zero-initialised, so every residual layer starts as the identity: without it 20 layers of
+        # sums grow the activations until the first steps' losses exceed a uniform guess's.
+        hidden = layers.Conv1D(channels, 1, kernel_initializer="zeros", name=f"{name}_mix_{index}")(hidden)
         aligned = CenterCrop1D(name=f"{name}_crop_{index}")([features, hidden])
         features = layers.Add(name=f"{name}_residual_{index}")([aligned, hidden])
     return features
@@ -275,9 +285,15 @@ def build_structure_a(config: UMTConfig, input_length: int | None = None, name: 
     features = layers.Conv1D(config.decoder_channels, config.encoder_kernel_size, name="decoder_input_conv")(latent)
     features = _residual_stack(features, config.decoder_blocks, config.decoder_layers, config.decoder_channels,
                                config.encoder_kernel_size, "valid", "decoder")
-    accompaniment = _class_logits(config, features)
     # The waveform end computes in float32, as in models.wavenet: a bfloat16 model does not round the mix.
-    expected = MuLawExpectation(name="accompaniment_expectation", dtype="float32")(accompaniment)
+    if config.head == "classification":
+        accompaniment = _class_logits(config, features)
+        expected = MuLawExpectation(name="accompaniment_expectation", dtype="float32")(accompaniment)
+    else:
+        correction = layers.Conv1D(config.channels, 1, kernel_initializer="zeros", dtype="float32",
+                                   name="accompaniment_correction")(features)
+        accompaniment = expected = layers.Add(name="accompaniment", dtype="float32")(
+            [CenterCrop1D(name="crop_mix_for_correction", dtype="float32")([mix, correction]), correction])
     aligned_mix = CenterCrop1D(name="crop_mix", dtype="float32")([mix, expected])
     vocals = layers.Subtract(name="vocals", dtype="float32")([aligned_mix, expected])
     return keras.Model(mix, {"accompaniment": accompaniment, "vocals": vocals}, name=name)
@@ -355,7 +371,7 @@ def losses(config: UMTConfig) -> dict:
     and for the full variant the domain classifier's cross-entropy: the gradient
     reversal, not a loss weight, scales what reaches the encoder."""
     if config.variant == "a":
-        return {"accompaniment": mulaw_cross_entropy, "vocals": None}
+        return {"accompaniment": mulaw_cross_entropy if config.head == "classification" else "mse", "vocals": None}
     result = {"accompaniment": mulaw_cross_entropy}
     if config.domains != "none":
         result["domain"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -389,18 +405,25 @@ def checkpoint_metric(config: UMTConfig) -> str:
 
 
 def sources_from_outputs(outputs: dict) -> dict:
-    """Structure A's outputs -> waveforms: the expected accompaniment, and the vocals."""
-    return {"vocals": outputs["vocals"], "accompaniment": expected_waveform(outputs["accompaniment"])}
+    """Structure A's outputs -> waveforms: the accompaniment (class logits, rank 4, become their
+    expected value) and the vocals."""
+    accompaniment = outputs["accompaniment"]
+    return {"vocals": outputs["vocals"],
+            "accompaniment": expected_waveform(accompaniment) if len(accompaniment.shape) == 4 else accompaniment}
 
 
-def separate_windows(model, config: UMTConfig, windows):
-    """Chunk-plan windows -> sources. Structure A: one pass. Full: the encoder, then the
-    incremental generator (``models.generation``, TensorFlow)."""
+def generator(config: UMTConfig):
+    """Structure A separates in one pass (None). Full: (model, windows) -> sources by the encoder,
+    then the incremental generator (``models.generation``, TensorFlow)."""
     if config.variant == "a":
-        return sources_from_outputs(model(windows, training=False))
-    from models import generation
+        return None
 
-    return generation.separate_windows(model, config, windows)
+    def generate(model, windows):
+        from models import generation
+
+        return generation.separate_windows(model, config, windows)
+
+    return generate
 
 
 register("umt", Architecture(
@@ -415,6 +438,6 @@ register("umt", Architecture(
     inference_head=sources_from_outputs,
     variants=VARIANTS,
     training_batch=training_batch,
-    separate_windows=separate_windows,
+    generator=generator,
     checkpoint_metric=checkpoint_metric,
 ))

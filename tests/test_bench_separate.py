@@ -1,9 +1,14 @@
-"""bench/separate.py: the int8 ONNX model it builds from an exported run separates like Keras float32."""
-import numpy as np
+"""bench/separate.py: the int8 ONNX model it builds from an exported run separates like Keras float32, and
+its rows time any registered architecture's config in the runtimes that apply to it."""
+import argparse
 
-from bench.separate import CLIP_RATE, measure, runtime_models
+import numpy as np
+import pytest
+
+from bench.separate import CLIP_RATE, BenchModel, measure, runtime_models, speed_rows
 from inference import load_separator, separate_song
 from tests.test_separate import TINY, make_run_dir
+from tests.test_umt import TINY_FULL
 
 
 def test_int8_onnx_of_a_tiny_run_separates_like_keras_float32(tmp_path):
@@ -17,3 +22,28 @@ def test_int8_onnx_of_a_tiny_run_separates_like_keras_float32(tmp_path):
         # int8 keeps about 2 significant digits: error energy 2.5e-4 and 6e-5 of the signal's when written.
         assert np.sum((estimates[source] - expected) ** 2) < 1e-3 * np.sum(expected ** 2)
     assert measure(int8, np.resize(song, (CLIP_RATE, 2)), chunk_seconds=0.5, repeats=1) > 0
+
+
+def test_configs_name_any_architecture_and_a_bare_name_is_a_wave_u_net():
+    small = BenchModel.parse("small")
+    assert (small.arch, small.label, small.generates) == ("waveunet", "small", False)
+    full = BenchModel.parse("umt:small-full")
+    assert (full.arch, full.name, full.label, full.generates) == ("umt", "small-full", "umt:small-full", True)
+    assert not BenchModel.parse("umt:small").generates and BenchModel.parse("wavenet:small").arch == "wavenet"
+    for wrong in ("umt:M5", "unet:small"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            BenchModel.parse(wrong)
+
+
+def test_rows_of_a_tiny_generating_umt_skip_onnx_and_are_timed_once(tmp_path, capsys):
+    clip = np.random.default_rng(0).uniform(-0.3, 0.3, (CLIP_RATE // 4, 2)).astype(np.float32)
+    # The SavedModel is left out: exporting even a tiny generator takes 10 s (the real run times it).
+    realtime = speed_rows(BenchModel("umt", "tiny-full", TINY_FULL), ["keras-float32", "onnx-float32", "onnx-int8"],
+                          clip, chunk_seconds=0.25, repeats=3, peak=1e12, scratch=tmp_path)
+    assert list(realtime) == ["keras-float32"] and realtime["keras-float32"] > 0
+    assert not (tmp_path / "umt-tiny-full" / "export").exists()  # nothing asked for an export it can do
+    printed = capsys.readouterr().out
+    assert "onnx-float32, onnx-int8 skipped" in printed
+    rows = [line for line in printed.splitlines() if line.startswith("umt:tiny-full ")]
+    # Timed once (it generates); FLOPs counted from the teacher-forced graph; no f90 framing.
+    assert len(rows) == 1 and rows[0].endswith("n/a  1 run") and "%" in rows[0]
