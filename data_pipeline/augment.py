@@ -26,7 +26,8 @@ class AugmentOptions:
     # Chance that an example's accompaniment is a random crop of another song; 0 disables.
     cross_song_probability: float = 0.5
     swap_channels: bool = True
-    # UMT's augmentation: shift a random segment of the model input in pitch.
+    # UMT's augmentation: shift a random segment in pitch (of both sources together, so the mix
+    # stays their sum; UMT, an autoencoder, shifts its input only).
     pitch_shift_semitones: float = 0.0  # 0 disables; UMT uses 0.5
     pitch_shift_seconds: tuple[float, float] = (0.25, 0.5)
 

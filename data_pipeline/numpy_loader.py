@@ -169,14 +169,15 @@ class _ExampleStream:
             accompaniment *= np.float32(low + (high - low) * accompaniment_gain)
         if options.swap_channels and self.channels == 2 and swap_draw < 0.5:
             vocals, accompaniment = vocals[:, ::-1], accompaniment[:, ::-1]
-        mix = vocals + accompaniment
         if options.pitch_shift_semitones > 0:
-            # As in UMT: only the input is distorted; the targets stay clean.
+            # Both sources, the same segment by the same amount: the labels stay the sources of the mix.
             shortest, longest = options.pitch_shift_seconds
             length = min(crop.input_length, int((shortest + (longest - shortest) * segment_draw) * self.sample_rate))
-            mix = shift_segment_numpy(mix, self.sample_rate, generator.integers(crop.input_length - length + 1), length,
-                                      options.pitch_shift_semitones * (2 * semitones_draw - 1))
-        return mix, _centre(vocals, crop), _centre(accompaniment, crop)
+            shifted = shift_segment_numpy(np.concatenate([vocals, accompaniment], axis=1), self.sample_rate,
+                                          generator.integers(crop.input_length - length + 1), length,
+                                          options.pitch_shift_semitones * (2 * semitones_draw - 1))
+            vocals, accompaniment = np.split(shifted, 2, axis=1)
+        return vocals + accompaniment, _centre(vocals, crop), _centre(accompaniment, crop)
 
 
 def _check_counts(songs_in_flight: int, crops_per_track: int, batch_size: int, steps_per_epoch: int | None):

@@ -114,11 +114,13 @@ def _example(vocals, accompaniment, crop: CropSpec, channels: int, sample_rate: 
     if channels == 1:
         vocals = tf.reduce_mean(vocals, axis=-1, keepdims=True)
         accompaniment = tf.reduce_mean(accompaniment, axis=-1, keepdims=True)
-    mix = vocals + accompaniment
     if options is not None and options.pitch_shift_semitones > 0:
-        # As in UMT: only the input is distorted; the targets stay clean.
-        mix = augment.pitch_shift_segment(mix, pitch_seed, sample_rate, options.pitch_shift_semitones,
-                                          options.pitch_shift_seconds)
+        # Both sources, the same segment by the same amount (their channels side by side): the
+        # labels stay the sources of the mix.
+        shifted = augment.pitch_shift_segment(tf.concat([vocals, accompaniment], axis=-1), pitch_seed, sample_rate,
+                                              options.pitch_shift_semitones, options.pitch_shift_seconds)
+        vocals, accompaniment = tf.split(shifted, 2, axis=-1)
+    mix = vocals + accompaniment
     targets = {name: source[crop.context_left:crop.context_left + crop.output_length]
                for name, source in zip(SOURCES, (vocals, accompaniment))}
     mix = tf.ensure_shape(mix, [crop.input_length, channels])

@@ -133,9 +133,7 @@ _PAPER = dict(encoder_blocks=3, encoder_channels=128, latent_channels=64, decode
 # "<name>" is Structure A, "<name>-full" the full variant (train.py --variant full).
 CONFIGS: dict[str, UMTConfig] = {
     # Train in minutes on a 2-core CPU (README): one block of 10 layers on each side, 24 channels.
-    # Structure A's small config regresses the waveform: in CPU minutes the classification head
-    # stays far below the no-separation baseline (README, UMT).
-    "small": UMTConfig(head="regression"),
+    "small": UMTConfig(),
     "small-full": UMTConfig(variant="full"),
     # music-translation's sizes (3 x 10 encoder layers of 128 channels, latent 64; a 4 x 10 layer
     # causal decoder for full, 3 x 10 non-causal layers for Structure A); for GPUs.
