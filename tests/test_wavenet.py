@@ -3,10 +3,6 @@ each output, the heads and the loss, .keras round trips, training through train.
 past the best constant predictor, export parity and separate.py on a trained run,
 and training under JAX without TensorFlow."""
 import dataclasses
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -32,9 +28,9 @@ from models.wavenet import (
     sources_from_outputs,
 )
 from run_directory import RunDirectory
+from tests.test_numpy_loader import run_without_tensorflow
 from tests.test_train import write_run
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 # Field 1 + 2 * 2 * (1 + 2 + 4) = 29 samples.
 TINY = WaveNetConfig(stacks=2, layers_per_stack=3, residual_channels=8, skip_channels=8, sample_rate=8000,
                      num_frames=512)
@@ -194,7 +190,6 @@ def test_export_parity_and_separate_py_on_the_trained_run(trained, tmp_path):
 
 JAX_SCRIPT = """
 import sys
-sys.modules.update(dict.fromkeys(["tensorflow", "tensorflow_io"], None))  # a host without TensorFlow
 import keras
 import numpy as np
 from models.wavenet import WaveNetConfig, build_wavenet, losses, sources_from_outputs
@@ -212,8 +207,4 @@ print(first[0] > first[-1], tuple(sources_from_outputs(model(mix))["vocals"].sha
 
 
 def test_trains_under_jax_without_tensorflow():
-    result = subprocess.run([sys.executable, "-c", JAX_SCRIPT, repr(TINY.to_dict())], cwd=REPOSITORY,
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n")[0] == "True (4, 272, 2)"
+    assert run_without_tensorflow(JAX_SCRIPT, repr(TINY.to_dict())).split("\n")[0] == "True (4, 272, 2)"
