@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bfloat16: mixed precision (float32 weights, bfloat16 compute), for GPUs and "
                              "CPUs with AVX512-BF16/AMX (default: float32)")
     parser.add_argument("--pitch-shift", dest="pitch_shift_semitones", type=float, metavar="SEMITONES",
-                        help="shift a random 0.25-0.5 s segment of each input by up to this many semitones "
-                             "(UMT: 0.5; others: 0, off)")
+                        help="shift a random 0.25-0.5 s segment of both sources of each training example by up "
+                             "to this many semitones (UMT: 0.5; others: 0, off)")
     parser.add_argument("--seed", type=int, help="seed of crops and augmentation (default: 0)")
     parser.add_argument("--synthetic-songs", type=int, help=f"synthetic training songs of 20 s "
                                                             f"(default: {DEFAULT_SYNTHETIC_SONGS})")
@@ -393,8 +393,12 @@ def validation_examples(run: dict, log_dir: Path, excerpts, crop: CropSpec, samp
     elif USES_TF_DATA:
         from inference import keras_separator
 
+        separators = {}  # one per model (fit's model throughout): its graph is traced once
+
         def separate(model, mix):
-            return keras_separator(model, run["arch"], config, source="validation").forward(mix)
+            if model not in separators:
+                separators[model] = keras_separator(model, run["arch"], config, source="validation")
+            return separators[model].forward(mix)
     else:
         print(f"No validation SDR: {run['arch']} separates by generation, which runs on TensorFlow")
         return []

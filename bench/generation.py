@@ -17,8 +17,8 @@ and compilation are excluded; a rate is the best of --repeats timed calls.
        step) for its first --naive-steps steps. Its window starts at one sample and
        grows by one per step up to the decoder's field (1025, 2048 and 4094 samples
        at 1, 2 and 4 blocks of 10), so these first steps are its cheapest;
-     - naive full field: the same loop body (``generate_naive``'s, with the same decoder)
-       entered once its window is the whole field, over silent history: what every
+     - naive full field: ``generate_naive`` entered once its window is the whole field
+       (``first_step=field - 1``), over silent history: what every
        naive step costs after the first ``field`` samples, i.e. for almost all of a 1 s
        segment (16000 samples) and in the limit of long generations.
    Then incremental / naive as ratios (the full-field one is the steady state; it
@@ -80,32 +80,6 @@ def parse_depths(text: str) -> list[tuple[int, int]]:
             raise argparse.ArgumentTypeError(f"depth {item!r} is not BLOCKSxLAYERS, e.g. 4x10")
         depths.append((int(blocks), int(layers)))
     return depths
-
-
-def generate_naive_full_field(decoder: keras.Model, config: UMTConfig, frames, length, seed=0,
-                              temperature: float = 1.0):
-    """``generation.generate_naive``'s loop, entered at step ``field - 1`` over a silent
-    history: every one of the ``length`` steps runs the decoder over the whole field, as
-    each naive step does once ``field`` samples have been generated. For timing only."""
-    frames = tf.convert_to_tensor(frames)
-    batch = tf.shape(frames)[0]
-    field = decoder_field(config)
-    latent = tf.repeat(tf.cast(frames, tf.float32), pool_length(config), axis=1)
-    channels = config.channels
-
-    def step_fn(step, levels, outputs):
-        start = step - field + 1
-        window = levels[:, start:step + 1]
-        logits = decoder([window, latent[:, start:step + 1]], training=False)[:, -1]
-        classes = generation.sample_classes(tf.cast(logits, tf.float32), seed, step, temperature)
-        levels = tf.concat([levels, generation.level_of(classes)[:, None]], axis=1)
-        return step + 1, levels, outputs.write(step - field + 1, classes)
-
-    initial = (tf.constant(field - 1), tf.zeros([batch, field, channels]), tf.TensorArray(tf.int32, size=length))
-    _, _, outputs = tf.while_loop(
-        lambda step, *_: step < field - 1 + length, step_fn, initial, parallel_iterations=1,
-        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, channels]), tf.TensorShape(None)))
-    return tf.transpose(outputs.stack(), [1, 0, 2])
 
 
 def random_model(config: UMTConfig) -> keras.Model:
@@ -188,7 +162,8 @@ def depth_rows(args) -> bool:
         naive = tf.function(lambda f, n: generation.generate_naive(decoder, config, f, n, SEED, TEMPERATURE))
         seconds, naive_classes = timed(naive, frames, args.naive_steps, args.repeats, warmup_length=2)
         from_silence = args.naive_steps / seconds
-        full = tf.function(lambda f, n: generate_naive_full_field(decoder, config, f, n, SEED, TEMPERATURE))
+        full = tf.function(lambda f, n: generation.generate_naive(decoder, config, f, n, SEED, TEMPERATURE,
+                                                                  first_step=field - 1))
         full_frames = random_frames(config, 1, field - 1 + args.naive_steps)
         seconds, _ = timed(full, full_frames, args.naive_steps, args.repeats, warmup_length=1)
         full_field = args.naive_steps / seconds

@@ -33,14 +33,9 @@ import keras
 import tensorflow as tf
 
 from models import mulaw
-from models.umt import UMTConfig, decoder_field, pool_length
+from models.umt import UMTConfig, decoder_field, dilations, gated_activation, pool_length
 
 SEGMENT_SECONDS = 1.0
-
-
-def level_of(classes):
-    """Class -> the value the decoder reads back: ``class * 2 / 255 - 1`` (``umt.MuLawLevels``)."""
-    return tf.cast(classes, tf.float32) * (2.0 / mulaw.MU) - 1.0
 
 
 def sample_classes(logits, seed, step, temperature: float, streams=None):
@@ -103,13 +98,14 @@ class DecoderWeights:
         self.channels = config.channels
         self.input_conv = weights("decoder_input_conv")
         self.input_skip = pointwise("decoder_input_skip")
-        count = config.decoder_blocks * config.decoder_layers
+        all_dilations = dilations(config.decoder_blocks, config.decoder_layers)
+        count = len(all_dilations)
         self.layers = [
-            _Layer(dilation=2 ** (index % config.decoder_layers), kernel=weights(f"decoder_dilated_{index}")[0],
+            _Layer(dilation=dilation, kernel=weights(f"decoder_dilated_{index}")[0],
                    bias=weights(f"decoder_dilated_{index}")[1],
                    residual=None if index == count - 1 else pointwise(f"decoder_residual_{index}"),
                    skip=pointwise(f"decoder_skip_{index}"))
-            for index in range(count)]
+            for index, dilation in enumerate(all_dilations)]
         self.hidden = pointwise("decoder_hidden")
         self.logits = pointwise("logits_conv")
         conditions = [pointwise(f"decoder_condition_{index}") for index in range(count)]
@@ -167,7 +163,7 @@ def generate_incremental(weights: DecoderWeights, frames, pool: int, length, see
         new_queues = []
         for layer, queue, condition in zip(weights.layers, queues, conditions):
             queue, dilated = _causal_step(queue, features, layer.kernel, layer.bias, layer.dilation, step)
-            gated = _gate(dilated + condition[:, frame])
+            gated = gated_activation(dilated + condition[:, frame])
             skip += _dense(gated, layer.skip)
             if layer.residual is not None:
                 features = features + _dense(gated, layer.residual)
@@ -175,7 +171,7 @@ def generate_incremental(weights: DecoderWeights, frames, pool: int, length, see
         hidden = tf.nn.relu(_dense(tf.nn.relu(skip), weights.hidden) + conditions[-1][:, frame])
         logits = tf.reshape(_dense(hidden, weights.logits), [batch, weights.channels, mulaw.CLASSES])
         classes = sample_classes(logits, seed, step, temperature, streams)
-        return step + 1, level_of(classes), input_queue, new_queues, outputs.write(step, classes)
+        return step + 1, mulaw.level(classes), input_queue, new_queues, outputs.write(step, classes)
 
     initial = (tf.constant(0), tf.zeros([batch, weights.channels]),
                zeros(_queue_length(weights, 1), weights.channels),
@@ -185,16 +181,15 @@ def generate_incremental(weights: DecoderWeights, frames, pool: int, length, see
     return tf.transpose(outputs.stack(), [1, 0, 2])
 
 
-def _gate(x):
-    filters, gates = tf.split(x, 2, axis=-1)
-    return tf.tanh(filters) * tf.sigmoid(gates)
-
-
 def generate_naive(decoder: keras.Model, config: UMTConfig, frames, length, seed=0, temperature: float = 1.0,
-                   streams=None):
+                   streams=None, first_step: int = 0):
     """``generate_incremental``'s samples the slow way: each step runs the trained decoder
     (``decoder_model``) over the last ``decoder_field`` samples (fewer at the start, as
-    its causal padding starts from silence) and keeps the last output."""
+    its causal padding starts from silence) and keeps the last output.
+
+    ``first_step`` > 0 starts later, over that many samples of silence (the frames must
+    cover them too), and returns the ``length`` samples from there: with ``decoder_field
+    - 1``, every step runs over the whole field (``bench/generation.py`` times that)."""
     frames = tf.convert_to_tensor(frames)
     batch = tf.shape(frames)[0]
     field = decoder_field(config)
@@ -208,12 +203,13 @@ def generate_naive(decoder: keras.Model, config: UMTConfig, frames, length, seed
         window = levels[:, start:step + 1]
         logits = decoder([window, latent[:, start:step + 1]], training=False)[:, -1]
         classes = sample_classes(tf.cast(logits, tf.float32), seed, step, temperature, streams)
-        levels = tf.concat([levels, level_of(classes)[:, None]], axis=1)
-        return step + 1, levels, outputs.write(step, classes)
+        levels = tf.concat([levels, mulaw.level(classes)[:, None]], axis=1)
+        return step + 1, levels, outputs.write(step - first_step, classes)
 
-    initial = (tf.constant(0), tf.zeros([batch, 1, channels]), tf.TensorArray(tf.int32, size=length))
+    initial = (tf.constant(first_step), tf.zeros([batch, first_step + 1, channels]),
+               tf.TensorArray(tf.int32, size=length))
     _, _, outputs = tf.while_loop(
-        lambda step, *_: step < length, step_fn, initial, parallel_iterations=1,
+        lambda step, *_: step < first_step + length, step_fn, initial, parallel_iterations=1,
         shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, channels]), tf.TensorShape(None)))
     return tf.transpose(outputs.stack(), [1, 0, 2])
 

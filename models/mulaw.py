@@ -36,9 +36,14 @@ def encode(x):
     return ops.cast(ops.round((compand(x) + 1.0) * (MU / 2)), "int32")
 
 
+def level(classes):
+    """Class in [0, 255] -> its level on the companded scale, ``class * 2 / 255 - 1``."""
+    return ops.cast(classes, "float32") * (2.0 / MU) - 1.0
+
+
 def decode(classes):
     """Class in [0, 255] -> the waveform value of its level."""
-    return expand(ops.cast(classes, "float32") * (2.0 / MU) - 1.0)
+    return expand(level(classes))
 
 
 def decode_expectation(probabilities):

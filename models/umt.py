@@ -154,14 +154,14 @@ TRAINING_PRESETS = {"small": _SMALL_PRESET, "small-full": _SMALL_PRESET, "paper"
 # ---------------------------------------------------------------- length arithmetic
 
 
-def _dilations(blocks: int, layers_per_block: int) -> list[int]:
+def dilations(blocks: int, layers_per_block: int) -> list[int]:
     return [2**layer for _ in range(blocks) for layer in range(layers_per_block)]
 
 
 def encoder_field(config: UMTConfig) -> int:
     """Input samples one encoder output sees: the first conv and every dilated layer add
     ``(kernel - 1) * dilation``, half on each side."""
-    return 1 + (config.encoder_kernel_size - 1) * (1 + sum(_dilations(config.encoder_blocks, config.encoder_layers)))
+    return 1 + (config.encoder_kernel_size - 1) * (1 + sum(dilations(config.encoder_blocks, config.encoder_layers)))
 
 
 def decoder_field(config: UMTConfig) -> int:
@@ -169,8 +169,8 @@ def decoder_field(config: UMTConfig) -> int:
     decoder inputs one output sees (the causal input conv and layers, ending at its own)."""
     if config.variant == "a":
         return 1 + (config.encoder_kernel_size - 1) * (
-            1 + sum(_dilations(config.decoder_blocks, config.decoder_layers)))
-    return 1 + (config.causal_kernel_size - 1) * (1 + sum(_dilations(config.decoder_blocks, config.decoder_layers)))
+            1 + sum(dilations(config.decoder_blocks, config.decoder_layers)))
+    return 1 + (config.causal_kernel_size - 1) * (1 + sum(dilations(config.decoder_blocks, config.decoder_layers)))
 
 
 def receptive_field(config: UMTConfig) -> int:
@@ -233,7 +233,7 @@ class MuLawLevels(layers.Layer):
     (music-translation's ``x / 255 - 0.5``, doubled): what the decoder reads back."""
 
     def call(self, waveform):
-        return ops.cast(mulaw.encode(waveform), "float32") * (2.0 / mulaw.MU) - 1.0
+        return mulaw.level(mulaw.encode(waveform))
 
 
 @register_serializable
@@ -250,7 +250,7 @@ class ShiftRight(layers.Layer):
 def _residual_stack(features, blocks: int, layers_per_block: int, channels: int, kernel_size: int, padding: str,
                     name: str):
     """music-translation's ``DilatedResConv`` layers: x + 1x1(ReLU(dilated conv(x)))."""
-    for index, dilation in enumerate(_dilations(blocks, layers_per_block)):
+    for index, dilation in enumerate(dilations(blocks, layers_per_block)):
         hidden = layers.Conv1D(channels, kernel_size, dilation_rate=dilation, padding=padding, activation="relu",
                                name=f"{name}_dilated_{index}")(features)
         # Zero-initialised, so every residual layer starts as the identity: without it 20 layers of
@@ -312,13 +312,18 @@ def _decoder_layer(config: UMTConfig, features, condition, dilation: int, index:
     return layers.Add(name=f"decoder_residual_sum_{index}")([features, residual]), skip
 
 
+def gated_activation(inputs):
+    """``[..., 2c]`` -> tanh(first half) * sigmoid(second half)."""
+    filters, gates = ops.split(inputs, 2, axis=-1)
+    return ops.tanh(filters) * ops.sigmoid(gates)
+
+
 @register_serializable
 class GatedActivation(layers.Layer):
-    """``[..., 2c]`` -> tanh(first half) * sigmoid(second half)."""
+    """``gated_activation`` as a layer."""
 
     def call(self, inputs):
-        filters, gates = ops.split(inputs, 2, axis=-1)
-        return ops.tanh(filters) * ops.sigmoid(gates)
+        return gated_activation(inputs)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], input_shape[-1] // 2)
@@ -340,7 +345,7 @@ def build_full(config: UMTConfig, input_length: int | None = None, name: str = "
     features = layers.Conv1D(config.decoder_channels, config.causal_kernel_size, padding="causal",
                              name="decoder_input_conv")(heard)
     skips = [layers.Conv1D(config.skip_channels, 1, name="decoder_input_skip")(features)]
-    all_dilations = _dilations(config.decoder_blocks, config.decoder_layers)
+    all_dilations = dilations(config.decoder_blocks, config.decoder_layers)
     for index, dilation in enumerate(all_dilations):
         features, skip = _decoder_layer(config, features, condition, dilation, index,
                                         last=index == len(all_dilations) - 1)

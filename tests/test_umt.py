@@ -202,7 +202,7 @@ def test_incremental_generation_equals_the_naive_generator(temperature):
     np.testing.assert_array_equal(incremental.numpy(), naive.numpy())
     assert len(np.unique(incremental.numpy())) > 10  # not a constant sequence
     if temperature == 0:  # the greedy samples are what the teacher-forced decoder predicts from them
-        heard = np.pad(generation.level_of(incremental).numpy(), [(0, 0), (1, 0), (0, 0)])[:, :-1]
+        heard = np.pad(mulaw.level(incremental).numpy(), [(0, 0), (1, 0), (0, 0)])[:, :-1]
         logits = generation.decoder_model(model)([heard, np.repeat(frames.numpy(), pool, axis=1)])
         np.testing.assert_array_equal(np.argmax(logits.numpy(), axis=-1), incremental.numpy())
     other_seed = generation.generate_incremental(generation.DecoderWeights(model, TINY_FULL), frames, pool, 50,
