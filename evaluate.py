@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a run directory, an exported SavedModel version folder or an exported model.onnx")
     parser.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset to score on "
                         "(default: synthetic)")
-    parser.add_argument("--data-root", help="dataset folder (every dataset but synthetic)")
+    parser.add_argument("--data-root", help="dataset folder (every dataset but the generated synthetic and rendered)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="dataset split to score (default: test)")
-    parser.add_argument("--cache-dir", help="synthetic song cache (default: $WAVESEP_CACHE or ~/.cache/wavesep)")
+    parser.add_argument("--cache-dir", help="generated song cache (default: $WAVESEP_CACHE or ~/.cache/wavesep)")
     parser.add_argument("--max-tracks", type=int, help="score only the first N tracks")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
                         help="bfloat16: faster on CPUs with AVX512-BF16 and on GPUs, at bfloat16's ~3 significant "

@@ -6,11 +6,13 @@ cd "$(dirname "$0")"
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-if ! command -v ffmpeg >/dev/null || ! command -v chromedriver >/dev/null; then
+if ! command -v ffmpeg >/dev/null || ! command -v chromedriver >/dev/null \
+        || ! command -v fluidsynth >/dev/null || [ ! -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]; then
     # ffmpeg decodes MUSDB18 .stem.mp4; libsndfile (in the soundfile wheel) does WAV/FLAC/MP3/OGG.
     # chromium + chromium-driver run the browser test of the server's web page.
+    # fluidsynth + fluid-soundfont-gm play the sampled instruments of the 'rendered' dataset.
     $SUDO apt-get update -q
-    $SUDO apt-get install -y -q ffmpeg chromium chromium-driver
+    $SUDO apt-get install -y -q ffmpeg chromium chromium-driver fluidsynth fluid-soundfont-gm
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 from data_pipeline.audio import AudioError  # noqa: E402
 from data_pipeline.augment import AugmentOptions  # noqa: E402
 from data_pipeline.crops import SOURCES, CropSpec  # noqa: E402
-from data_pipeline.datasets import DATASETS, DatasetError, SyntheticOptions, find_problems, get_tracks, \
-    load_track  # noqa: E402
+from data_pipeline.datasets import DATASETS, GENERATED_DATASETS, DatasetError, SyntheticOptions, find_problems, \
+    get_tracks, load_track  # noqa: E402
 from models.registry import ARCHITECTURES, PRECISIONS, build_in_precision  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 from training.callbacks import TorchScalarWriter, ValidationExamples  # noqa: E402
@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "domain confusion, autoregressive WaveNet decoder)")
     parser.add_argument("--dataset", type=dataset_mix, metavar="{" + ",".join(DATASETS) + "}[+...]",
                         help="training data; several joined by + are mixed into every batch, e.g. synthetic+musdb "
-                             "(default: synthetic)")
-    parser.add_argument("--data-root", action="append", help="dataset folder, once for each dataset but synthetic, "
-                                                             "in the order of --dataset")
+                             "(default: synthetic). synthetic and rendered are generated here: rendered "
+                             "plays the accompaniment on sampled instruments (needs fluidsynth and "
+                             "fluid-soundfont-gm)")
+    parser.add_argument("--data-root", action="append", help="dataset folder, once for each dataset but the generated "
+                                                             "ones (synthetic, rendered), in the order of --dataset")
     parser.add_argument("--mix-weights", type=mix_weights, help="with several datasets: the share of examples drawn "
                                                                 "from each, e.g. 0.5,0.5 (default: equal)")
     parser.add_argument("--run-dir", help="where config, checkpoints and logs go (default: runs/<arch>-<config>-<time>)")
@@ -106,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shift a random 0.25-0.5 s segment of both sources of each training example by up "
                              "to this many semitones (UMT: 0.5; others: 0, off)")
     parser.add_argument("--seed", type=int, help="seed of crops and augmentation (default: 0)")
-    parser.add_argument("--synthetic-songs", type=int, help=f"synthetic training songs of 20 s "
-                                                            f"(default: {DEFAULT_SYNTHETIC_SONGS})")
-    parser.add_argument("--cache-dir", help="synthetic song cache (default: $WAVESEP_CACHE or ~/.cache/wavesep)")
+    parser.add_argument("--synthetic-songs", type=int, help=f"training songs of 20 s of each generated dataset "
+                                                            f"(synthetic, rendered; default: {DEFAULT_SYNTHETIC_SONGS})")
+    parser.add_argument("--cache-dir", help="generated song cache (default: $WAVESEP_CACHE or ~/.cache/wavesep)")
     parser.add_argument("--no-cache", action="store_true", help="decode songs on every pass instead of keeping "
                                                                "them in memory (large datasets)")
     return parser
@@ -203,11 +205,11 @@ def resolve_run(args) -> tuple[Path, dict]:
 
 
 def dataset_parts(data: dict) -> list[tuple[str, str | None]]:
-    """``(dataset, data root)`` for each dataset of a run; synthetic needs no root."""
+    """``(dataset, data root)`` for each dataset of a run; generated ones need no root."""
     names = data["dataset"].split("+")
     roots = data["data_root"] if isinstance(data["data_root"], list) else [data["data_root"]]
     roots = [root for root in roots if root is not None]
-    real = [name for name in names if name != "synthetic"]
+    real = [name for name in names if name not in GENERATED_DATASETS]
     if len(roots) > len(real) or (roots and len(roots) < len(real)):
         raise DatasetError(f"{len(real)} dataset(s) need a --data-root ({', '.join(real) or 'none'}), "
                            f"{len(roots)} given")
@@ -229,9 +231,9 @@ def training_groups(run: dict, sample_rate: int) -> list:
 
 def validation_tracks(run: dict, sample_rate: int) -> list:
     """The validation songs that pick the best checkpoint: those of the real datasets
-    when the run mixes real and synthetic songs, else the one dataset's."""
+    when the run mixes real and generated songs, else the one dataset's."""
     parts = dataset_parts(run["data"])
-    real = [(name, root) for name, root in parts if name != "synthetic"]
+    real = [(name, root) for name, root in parts if name not in GENERATED_DATASETS]
     return [track for name, root in (real or parts) for track in _split_tracks(run, name, root, "valid", sample_rate)]
 
 

@@ -7,6 +7,7 @@ downloads anything.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,7 @@ from data_pipeline.audio import (MAX_CHANNELS, SUPPORTED_EXTENSIONS, AudioError,
                                   load_audio, open_audio, write_wav)
 
 SPLITS = ("train", "valid", "test")
+GENERATED_DATASETS = ("synthetic", "rendered")  # made here on first use, cached; no --data-root
 
 
 class DatasetError(ValueError):
@@ -45,7 +47,7 @@ class Track:
 
 @dataclass(frozen=True)
 class SyntheticOptions:
-    """Size of the generated dataset; songs are cached on disk and reused."""
+    """Size of a generated dataset (synthetic or rendered); songs are cached on disk and reused."""
 
     songs: dict = field(default_factory=lambda: {"train": 90, "valid": 10, "test": 10})
     duration: float = 20.0
@@ -264,14 +266,40 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("WAVESEP_CACHE", Path.home() / ".cache" / "wavesep"))
 
 
-def _song_seed(seed: int, split: str, index: int) -> int:
-    return int(np.random.SeedSequence([seed, SPLITS.index(split), index]).generate_state(1)[0])
+def _song_seed(seed: int, split: str, index: int, kind: str) -> int:
+    # synthetic keeps its original stream; rendered songs get their own scores and singers
+    entropy = [seed, SPLITS.index(split), index] + ([GENERATED_DATASETS.index(kind)] if kind != "synthetic" else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def _write_synthetic_song(folder: Path, song_seed: int, sample_rate: int, duration: float) -> None:
+def _generate(kind: str, song_seed: int, sample_rate: int, duration: float) -> dict[str, np.ndarray]:
+    if kind == "rendered":
+        from data_pipeline.rendered_music import generate_rendered_song
+
+        return generate_rendered_song(song_seed, sample_rate, duration)
     from data_pipeline.synthetic_music import generate_song
 
-    stems = generate_song(song_seed, sample_rate, duration)
+    return generate_song(song_seed, sample_rate, duration)
+
+
+def _generated_root(kind: str, options: SyntheticOptions, sample_rate: int) -> Path:
+    """The cache folder of a generated dataset; its name holds everything the audio depends on."""
+    from data_pipeline.synthetic_music import GENERATOR_VERSION
+
+    version = f"v{GENERATOR_VERSION}"
+    if kind == "rendered":
+        from data_pipeline.rendered_music import RENDERER_VERSION, SoundFontMissing, check_renderer, soundfont_tag
+
+        try:
+            version += f".{RENDERER_VERSION}-{soundfont_tag(check_renderer())}"
+        except SoundFontMissing as error:
+            raise DatasetError(str(error)) from None
+    cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    return cache / f"{kind}-{version}-seed{options.seed}-{sample_rate}Hz-{options.duration:g}s"
+
+
+def _write_generated_song(folder: Path, kind: str, song_seed: int, sample_rate: int, duration: float) -> None:
+    stems = _generate(kind, song_seed, sample_rate, duration)
     # Per process: the workers of a multi-worker run may fill a shared cache at once.
     staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -286,24 +314,27 @@ def _write_synthetic_song(folder: Path, song_seed: int, sample_rate: int, durati
         shutil.rmtree(staging)  # another process finished the same song first
 
 
-def synthetic_tracks(split: str, sample_rate: int, options: SyntheticOptions = SyntheticOptions()) -> list[Track]:
-    """Generates the split's songs once (in parallel, cached on disk) and returns them.
+def generated_tracks(split: str, sample_rate: int, options: SyntheticOptions = SyntheticOptions(),
+                     kind: str = "synthetic") -> list[Track]:
+    """Generates the split's songs once (in parallel, cached on disk) and returns them:
+    ``synthetic`` songs (procedural instruments) or ``rendered`` ones (the same composer
+    and singer, sampled instruments; needs FluidSynth and a GM SoundFont).
 
     The cache key holds everything the audio depends on, so a change of sample
-    rate, duration, seed or generator version makes new songs."""
-    from data_pipeline.synthetic_music import GENERATOR_VERSION
-
-    cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    root = cache / f"synthetic-v{GENERATOR_VERSION}-seed{options.seed}-{sample_rate}Hz-{options.duration:g}s" / split
+    rate, duration, seed, generator version or SoundFont makes new songs."""
+    root = _generated_root(kind, options, sample_rate) / split
     count = options.songs[split]
     folders = [root / f"song{index:04d}" for index in range(count)]
     missing = [(i, f) for i, f in enumerate(folders) if not f.is_dir()]
     if missing:
         root.mkdir(parents=True, exist_ok=True)
-        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            jobs = [pool.submit(_write_synthetic_song, folder, _song_seed(options.seed, split, index),
+        # Fresh worker processes: a fork would copy whatever locks the caller's threads hold
+        # (TensorFlow's, FluidSynth's) and can hang.
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [pool.submit(_write_generated_song, folder, kind, _song_seed(options.seed, split, index, kind),
                                 sample_rate, options.duration) for index, folder in missing]
-            for job in tqdm(jobs, desc=f"generating synthetic {split} songs", unit="song"):
+            for job in tqdm(jobs, desc=f"generating {kind} {split} songs", unit="song"):
                 job.result()
     return [Track(name=f.name, vocals=(AudioFile(str(f / "vocals.wav")),),
                   accompaniment=(AudioFile(str(f / "accompaniment.wav")),),
@@ -318,7 +349,7 @@ FOLDER_ADAPTERS = {
     "ccmixter": ccmixter_tracks,
     "folder": folder_tracks,
 }
-DATASETS = ("synthetic", *FOLDER_ADAPTERS)
+DATASETS = (*GENERATED_DATASETS, *FOLDER_ADAPTERS)
 
 
 def get_tracks(dataset: str, split: str, *, data_root=None, sample_rate: int = 22050,
@@ -328,6 +359,6 @@ def get_tracks(dataset: str, split: str, *, data_root=None, sample_rate: int = 2
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if dataset == "synthetic":
-        return synthetic_tracks(split, sample_rate, synthetic)
+    if dataset in GENERATED_DATASETS:
+        return generated_tracks(split, sample_rate, synthetic, kind=dataset)
     return FOLDER_ADAPTERS[dataset](data_root, split)

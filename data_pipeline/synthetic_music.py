@@ -17,7 +17,8 @@ draws all of its choices from ``np.random.default_rng(seed)``:
    an instrumental intro, breath intakes and fricative/plosive bursts shape the
    voice; a mix EQ (low cut, presence boost) brightens it like a produced vocal.
    Sometimes a doubled or harmony voice and a ping-pong echo are added.
-3. **Accompaniment** (``render_accompaniment``): one or two chord instruments
+3. **Accompaniment** (``render_accompaniment``, played by a ``Band``: by default
+   ``PROCEDURAL_BAND``; ``rendered_music`` brings sampled instruments): one or two chord instruments
    (always present; pads, organ, FM e-piano, piano, Karplus-Strong strums,
    synths, sometimes overdriven like electric guitars), usually bass and drums,
    sometimes a lead instrument. Chord and lead instruments play harmonic,
@@ -155,10 +156,12 @@ ENVELOPE_STYLES = {
 
 # --- public API ---------------------------------------------------------------
 
-def generate_song(seed: int, sample_rate: int = 22050, duration: float = 20.0) -> dict[str, np.ndarray]:
+def generate_song(seed: int, sample_rate: int = 22050, duration: float = 20.0,
+                  band: Band | None = None) -> dict[str, np.ndarray]:
     """Returns {"vocals": float32 [T, 2], "accompaniment": float32 [T, 2]}, T = round(duration * sample_rate).
 
     Deterministic in (seed, sample_rate, duration). The peak of vocals + accompaniment is <= 0.95.
+    ``band`` plays the accompaniment (default: the procedural instruments of this module).
     """
     rng = np.random.default_rng(seed)
     n_samples = int(round(duration * sample_rate))
@@ -167,7 +170,7 @@ def generate_song(seed: int, sample_rate: int = 22050, duration: float = 20.0) -
         return {"vocals": empty, "accompaniment": empty.copy()}
     song = compose_song(rng, sample_rate, n_samples)
     vocals, phrases = render_vocals(rng, song)
-    accompaniment = render_accompaniment(rng, song, phrases)
+    accompaniment = render_accompaniment(rng, song, phrases, band or PROCEDURAL_BAND)
     vocals = add_reverb(rng, vocals, sample_rate)
     accompaniment = add_reverb(rng, accompaniment, sample_rate)
     return balance_stems(rng, vocals, accompaniment, sample_rate)
@@ -623,6 +626,15 @@ Instrument = Callable[[list[Note], Song], np.ndarray]
 
 
 @dataclass(frozen=True)
+class Band:
+    """Who plays the accompaniment's parts; each returns stereo float [T, 2]."""
+    chords: Callable  # (rng, song, active_bars)
+    bass: Callable  # (rng, song, active_bars)
+    drums: Callable  # (rng, song, active_bars)
+    lead: Callable  # (rng, song, vocal_phrases)
+
+
+@dataclass(frozen=True)
 class Envelope:
     attack: float
     decay: float
@@ -630,18 +642,18 @@ class Envelope:
     release: float
 
 
-def render_accompaniment(rng, song: Song, vocal_phrases: list[list[Syllable]]) -> np.ndarray:
+def render_accompaniment(rng, song: Song, vocal_phrases: list[list[Syllable]], band: Band) -> np.ndarray:
     """Sum of randomly chosen parts, each levelled to unit RMS, then given a random gain."""
     always = np.ones(int(np.ceil(song.n_steps / song.steps_per_bar)), bool)
-    parts = [(render_chords(rng, song, always), rng.uniform(-4, 0))]
+    parts = [(band.chords(rng, song, always), rng.uniform(-4, 0))]
     if rng.random() < 0.5:
-        parts.append((render_chords(rng, song, arrangement(rng, song, 0.5)), rng.uniform(-10, -2)))
+        parts.append((band.chords(rng, song, arrangement(rng, song, 0.5)), rng.uniform(-10, -2)))
     if rng.random() < 0.85:
-        parts.append((render_bass(rng, song, arrangement(rng, song, 0.2)), rng.uniform(-6, 0)))
+        parts.append((band.bass(rng, song, arrangement(rng, song, 0.2)), rng.uniform(-6, 0)))
     if rng.random() < 0.8:
-        parts.append((render_drums(rng, song, arrangement(rng, song, 0.3)), rng.uniform(-5, 0)))
+        parts.append((band.drums(rng, song, arrangement(rng, song, 0.3)), rng.uniform(-5, 0)))
     if rng.random() < 0.45:
-        parts.append((render_lead(rng, song, vocal_phrases), rng.uniform(-10, -2)))
+        parts.append((band.lead(rng, song, vocal_phrases), rng.uniform(-10, -2)))
     return sum(part / rms(part) * db_to_gain(gain) for part, gain in parts)
 
 
@@ -651,17 +663,22 @@ def render_chords(rng, song: Song, active_bars: np.ndarray) -> np.ndarray:
     rhythms, envelope_styles = CHORD_TIMBRES[timbre]
     rhythm = _pick(rng, rhythms)
     instrument = make_instrument(rng, timbre, draw_envelope(rng, _pick(rng, envelope_styles)), song.sample_rate)
-    hits = chord_hits(rng, song, rhythm)
-    center = rng.uniform(52, 72)
-    if rhythm == "arpeggio":
-        lines = [arpeggio_notes(rng, song, hits, center)]
-    else:
-        lines = chord_lines(rng, song, hits, center, strum_s=rng.uniform(0.005, 0.03) * (rhythm == "strum"))
+    lines = chord_part(rng, song, rhythm)
     chords = render_lines(rng, [keep_active_bars(line, song, active_bars) for line in lines], instrument, song)
     if timbre in DISTORTABLE_TIMBRES and rng.random() < 0.35:
         distorted = overdrive(chords, rng.uniform(2, 12), song.sample_rate)
         chords = filter_audio(distorted, "lowpass", rng.uniform(2500, 6000), song.sample_rate, order=4)  # speaker
     return chords
+
+
+def chord_part(rng, song: Song, rhythm: str) -> list[list[Note]]:
+    """The notes of a chord part voiced around a random centre inside the vocal register,
+    one monophonic line per chord tone (or a single arpeggio line)."""
+    hits = chord_hits(rng, song, rhythm)
+    center = rng.uniform(52, 72)
+    if rhythm == "arpeggio":
+        return [arpeggio_notes(rng, song, hits, center)]
+    return chord_lines(rng, song, hits, center, strum_s=rng.uniform(0.005, 0.03) * (rhythm == "strum"))
 
 
 def chord_hits(rng, song: Song, rhythm: str) -> list[tuple[int, float, float]]:
@@ -711,6 +728,14 @@ def voicing(chord: Chord, center: float) -> list[int]:
 
 def render_bass(rng, song: Song, active_bars: np.ndarray) -> np.ndarray:
     """Bass line on the chord roots, in one of several rhythms and timbres."""
+    notes = bass_line(rng, song)
+    envelope = draw_envelope(rng, _pick(rng, ("sustained", "plucked")))
+    instrument = make_instrument(rng, _pick(rng, BASS_TIMBRES), envelope, song.sample_rate)
+    return pan(instrument(keep_active_bars(notes, song, active_bars), song), rng.uniform(-0.1, 0.1))
+
+
+def bass_line(rng, song: Song) -> list[Note]:
+    """Notes on the chord roots (and the pattern's intervals) in one of several rhythms."""
     pattern = BASS_PATTERNS[_pick(rng, tuple(BASS_PATTERNS))]
     center, gate = rng.uniform(34, 46), rng.uniform(0.5, 1.0)
     intervals = dict(pattern)
@@ -721,22 +746,26 @@ def render_bass(rng, song: Song, active_bars: np.ndarray) -> np.ndarray:
         interval = intervals.get(step % song.steps_per_bar, 0)
         notes.append(Note(song.step_time(step), gate * (next_step - step) * song.step_s, root + interval,
                           rng.uniform(0.7, 1.0)))
-    envelope = draw_envelope(rng, _pick(rng, ("sustained", "plucked")))
-    instrument = make_instrument(rng, _pick(rng, BASS_TIMBRES), envelope, song.sample_rate)
-    return pan(instrument(keep_active_bars(notes, song, active_bars), song), rng.uniform(-0.1, 0.1))
+    return notes
 
 
 def render_lead(rng, song: Song, vocal_phrases: list[list[Syllable]]) -> np.ndarray:
     """A non-vocal melody instrument in the vocal register, often answering the singer in the gaps."""
+    notes = lead_line(rng, song, vocal_phrases)
+    envelope = draw_envelope(rng, _pick(rng, ("sustained", "plucked")))
+    instrument = make_instrument(rng, _pick(rng, LEAD_TIMBRES), envelope, song.sample_rate)
+    return render_lines(rng, [notes], instrument, song)
+
+
+def lead_line(rng, song: Song, vocal_phrases: list[list[Syllable]]) -> list[Note]:
+    """A melody in the vocal register; usually it only plays where the singer rests."""
     center = rng.uniform(60, 78)
     phrases = compose_phrases(rng, song, center - 7, center + 7, first_step=int(rng.integers(0, 16)),
                               density=rng.uniform(0, 1), max_rest_beats=int(rng.integers(1, 5)))
     notes = [note for phrase in phrases for note in phrase]
     if rng.random() < 0.6:
         notes = _outside_vocal_phrases(notes, vocal_phrases)
-    envelope = draw_envelope(rng, _pick(rng, ("sustained", "plucked")))
-    instrument = make_instrument(rng, _pick(rng, LEAD_TIMBRES), envelope, song.sample_rate)
-    return render_lines(rng, [notes], instrument, song)
+    return notes
 
 
 def _outside_vocal_phrases(notes: list[Note], vocal_phrases: list[list[Syllable]]) -> list[Note]:
@@ -968,6 +997,9 @@ def make_hat(rng, sr: int, open_hat: bool) -> Callable[[], np.ndarray]:
 
 
 # --- mixing ------------------------------------------------------------------------
+
+PROCEDURAL_BAND = Band(chords=render_chords, bass=render_bass, drums=render_drums, lead=render_lead)
+
 
 def add_reverb(rng, stereo: np.ndarray, sample_rate: int) -> np.ndarray:
     """Convolve with exponentially decaying, low-passed noise, independent per channel for width."""
