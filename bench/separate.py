@@ -200,7 +200,10 @@ def quantize_int8(onnx_path: Path, songs: list) -> Path:
     quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)  # symbolic shapes would need sympy
     reader = CalibrationWindows(onnx.load(str(prepared)).graph.input[0].name,
                                 windows_fed(load_separator(onnx_path), songs))
-    quantize_static(str(prepared), str(int8_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"])
+    # 7-bit weights (reduce_range): on x86 CPUs without VNNI, ONNX Runtime's u8s8 convolutions
+    # saturate with 8-bit ones (measured on an AVX2-only EPYC: error energy 5e-3 of the signal's, not 2e-4).
+    quantize_static(str(prepared), str(int8_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                    reduce_range=True)
     return int8_path
 
 
