@@ -14,7 +14,6 @@ another ``.sf2``.
 """
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -146,7 +145,6 @@ def generate_rendered_song(seed: int, sample_rate: int = 22050, duration: float 
         player.close()
 
 
-@functools.lru_cache(maxsize=None)
 def soundfont_tag(path: Path) -> str:
     """The SoundFont's part of the song cache key: its name and size."""
     return f"{path.stem}-{path.stat().st_size}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.datasets import DatasetError, SyntheticOptions, get_tracks, load_track
-from data_pipeline.synthetic_music import PEAK_LIMIT, Note, compose_song, generate_song
+from data_pipeline.synthetic_music import PEAK_LIMIT, Note, compose_song, generate_song, rms
 
 fluidsynth = pytest.importorskip("fluidsynth", reason="needs pyfluidsynth and libfluidsynth (apt-get install fluidsynth)")
 from data_pipeline import rendered_music  # noqa: E402  (after the skip: it needs the library)
@@ -28,10 +28,6 @@ def player():
 @pytest.fixture(scope="module")
 def song():
     return compose_song(np.random.default_rng(0), RATE, RATE)  # one second
-
-
-def rms(x):
-    return float(np.sqrt(np.mean(np.square(x))))
 
 
 def test_rendered_songs_keep_the_generators_contract():
