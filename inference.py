@@ -143,13 +143,27 @@ def _separator_from_facts(forward, facts: dict, source: str, runtime: str) -> Se
                      description=f"{facts['arch']} ({runtime})")
 
 
-def saved_model_separator(version_dir: Path) -> Separator:
-    """An exported SavedModel version folder: its ``forward`` function on chunk windows."""
-    facts = json.loads((version_dir / "assets" / MODEL_FACTS_FILE).read_text())
-    loaded = tf.saved_model.load(str(version_dir))  # referenced below: its variables live as long as it does
+# The signature of an exported SavedModel that runs one model call on chunk-plan windows.
+WINDOWS_SIGNATURE = "separate_windows"
 
-    def run(mix: np.ndarray) -> dict:
-        return {s: e.numpy() for s, e in loaded.forward(tf.constant(mix)).items()}
+
+def saved_model_separator(version_dir: Path, loaded=None, facts: dict | None = None) -> Separator:
+    """An exported SavedModel version folder through its ``separate_windows`` signature:
+    signatures are all that every export keeps (a TF-TRT conversion saves nothing else).
+
+    ``loaded``/``facts``: the version already loaded by ``tf.saved_model.load`` and its
+    facts, so that a server holds one copy of each version for every use."""
+    version_dir = Path(version_dir)
+    if facts is None:
+        facts = json.loads((version_dir / "assets" / MODEL_FACTS_FILE).read_text())
+    if loaded is None:
+        loaded = tf.saved_model.load(str(version_dir))
+    if WINDOWS_SIGNATURE not in loaded.signatures:
+        raise ValueError(f"{version_dir}: no {WINDOWS_SIGNATURE!r} signature (exported before it existed?); "
+                         f"export the run again with export.py")
+
+    def run(mix: np.ndarray) -> dict:  # through `loaded`, which owns the variables the signature reads
+        return {s: e.numpy() for s, e in loaded.signatures[WINDOWS_SIGNATURE](windows=tf.constant(mix)).items()}
 
     return _separator_from_facts(run, facts, str(version_dir), "SavedModel")
 

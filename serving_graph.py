@@ -8,11 +8,16 @@ with the signatures the exported SavedModel offers:
     separate_audio    audio_bytes string [batch] (16-bit PCM WAV, any rate, 1 or 2
                       channels) -> vocals_bytes, accompaniment_bytes (WAV, the
                       input's rate, channels and length)
+    separate_windows  windows float32 [n, input_length, channels] (chunk-plan windows,
+                      the plan is in the facts) -> vocals, accompaniment
+                      [n, output_length, channels]: one model call, what
+                      ``inference`` runs through its chunked path
 
-and two functions that are not signatures: ``forward`` (one model call on
-chunk-plan windows, what ``inference`` runs through its chunked path, and what the
-ONNX file holds) and ``model_facts`` (the facts as a JSON string, traced with them
-as its argument so that ``saved_model_cli show --all`` prints them). Framing is
+Every tool loads an export through these signatures only, because that is all a
+TF-TRT conversion keeps (a frozen graph per signature, no Python attributes). The
+module also holds ``forward`` (the same call as separate_windows, what the ONNX file
+holds) and ``model_facts`` (the facts as a JSON string, traced with them as its
+argument so that ``saved_model_cli show --all`` prints them). Framing is
 ``models.framing``'s ``frame_tf``/``stitch_tf`` with the architecture's
 ``ChunkPlan``: the same windows as separate.py's chunked path. Core TF ops only,
 so a stock TF Serving binary runs it.
@@ -27,7 +32,7 @@ import tensorflow as tf
 from models.framing import ChunkPlan, frame_tf, stitch_tf
 from models.registry import Architecture
 
-SIGNATURES = ("serving_default", "separate_audio")
+SIGNATURES = ("serving_default", "separate_audio", "separate_windows")
 
 
 def resample_tf(signal, from_rate, to_rate):
@@ -94,7 +99,8 @@ class SeparationModule(tf.Module):
 
     def signatures(self) -> dict:
         return {"serving_default": self.serving_default.get_concrete_function(),
-                "separate_audio": self.separate_audio.get_concrete_function()}
+                "separate_audio": self.separate_audio.get_concrete_function(),
+                "separate_windows": self.forward.get_concrete_function()}
 
     def _forward(self, windows):
         """Chunk-plan windows ``[n, input_length, channels]`` -> {source: ``[n, output_length, channels]``}."""

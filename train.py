@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "ones (synthetic, rendered), in the order of --dataset")
     parser.add_argument("--mix-weights", type=mix_weights, help="with several datasets: the share of examples drawn "
                                                                 "from each, e.g. 0.5,0.5 (default: equal)")
+    parser.add_argument("--select-on", type=dataset_mix, metavar="NAME[+...]",
+                        help="the datasets whose validation songs pick the best checkpoint, e.g. musdb; the "
+                             "others train only and need no validation split (default: the real datasets, or "
+                             "the generated one when there is no real one)")
     parser.add_argument("--run-dir", help="where config, checkpoints and logs go (default: runs/<arch>-<config>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last backup with the settings "
                                                             "in RUN_DIR/config.json; only --steps may change them")
@@ -135,7 +139,9 @@ def _resume_conflicts(args, run: dict) -> list[str]:
     """Flags given with --resume that contradict the run's saved settings."""
     saved = {"arch": run["arch"], "config": run["config_name"], "dataset": run["data"]["dataset"],
              "data_root": [root for _, root in dataset_parts(run["data"]) if root is not None] or None,
-             "mix_weights": run["data"].get("mix_weights"), "cache_dir": run["data"]["cache_dir"],
+             "mix_weights": run["data"].get("mix_weights"),
+             "select_on": "+".join(run["data"]["select_on"]) if run["data"].get("select_on") else None,
+             "cache_dir": run["data"]["cache_dir"],
              "synthetic_songs": run["data"]["synthetic_songs"]["train"], "init_from": run["training"].get("init_from"),
              **{key: run["training"].get(key) for key in TRAINING_FLAGS if key != "steps"}}
     conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {value})"
@@ -194,11 +200,16 @@ def resolve_run(args) -> tuple[Path, dict]:
         "config_name": config_name,
         "model": model,
         "data": {"dataset": args.dataset or "synthetic", "data_root": args.data_root, "mix_weights": args.mix_weights,
+                 "select_on": args.select_on.split("+") if args.select_on else None,
                  "cache_dir": args.cache_dir,
                  "synthetic_songs": {"train": args.synthetic_songs or DEFAULT_SYNTHETIC_SONGS, "valid": 10,
                                      "test": 10}},
         "training": training,
     }
+    unknown = set(run["data"]["select_on"] or ()) - set(run["data"]["dataset"].split("+"))
+    if unknown:
+        sys.exit(f"error: --select-on {args.select_on}: {', '.join(sorted(unknown))} is not in --dataset "
+                 f"{run['data']['dataset']}")
     run_dir = Path(args.run_dir or f"runs/{arch}-{config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     RunDirectory(run_dir).write_config(run)
     return run_dir, run
@@ -229,12 +240,22 @@ def training_groups(run: dict, sample_rate: int) -> list:
     return [_split_tracks(run, name, root, "train", sample_rate) for name, root in dataset_parts(run["data"])]
 
 
-def validation_tracks(run: dict, sample_rate: int) -> list:
-    """The validation songs that pick the best checkpoint: those of the real datasets
-    when the run mixes real and generated songs, else the one dataset's."""
-    parts = dataset_parts(run["data"])
+def selection_parts(data: dict) -> list[tuple[str, str | None]]:
+    """``(dataset, data root)`` of the datasets whose validation songs pick the best
+    checkpoint: those named by --select-on, else the real datasets when the run mixes
+    real and generated songs, else all of them."""
+    parts = dataset_parts(data)
+    if data.get("select_on"):
+        return [(name, root) for name, root in parts if name in data["select_on"]]
     real = [(name, root) for name, root in parts if name not in GENERATED_DATASETS]
-    return [track for name, root in (real or parts) for track in _split_tracks(run, name, root, "valid", sample_rate)]
+    return real or parts
+
+
+def validation_tracks(run: dict, sample_rate: int) -> list:
+    """The validation songs that pick the best checkpoint (see ``selection_parts``);
+    the other datasets' validation splits are never read."""
+    return [track for name, root in selection_parts(run["data"])
+            for track in _split_tracks(run, name, root, "valid", sample_rate)]
 
 
 def check_data(run: dict, sample_rate: int) -> dict:

@@ -47,7 +47,14 @@ def parse_args(argv=None):
     parser.add_argument("--max-request-mb", type=positive(float), default=64,
                         help="larger request bodies are refused with 413 (default: 64)")
     parser.add_argument("--max-concurrent", type=positive(int), default=2,
-                        help="model calls running at once; further requests wait their turn (default: 2)")
+                        help="model calls (and page decodes) running at once; further requests wait their "
+                             "turn (default: 2)")
+    parser.add_argument("--max-waiting", type=positive(int), default=16,
+                        help="requests and page songs waiting for a model call; beyond them the server answers "
+                             "429 at once, before reading the body (default: 16)")
+    parser.add_argument("--max-song-minutes", type=positive(float), default=10,
+                        help="longest song accepted, page uploads and separate_audio WAVs alike, checked from "
+                             "the header and again while decoding (default: 10)")
     parser.add_argument("--max-jobs", type=positive(int), default=8,
                         help="songs of the web page kept with their results (default: 8)")
     return parser.parse_args(argv)
@@ -67,7 +74,8 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     repository = ModelRepository(args.model_name, base_path, args.num_versions, args.poll_seconds)
-    app = create_app(repository, int(args.max_request_mb * 2 ** 20), args.max_concurrent, args.max_jobs)
+    app = create_app(repository, int(args.max_request_mb * 2 ** 20), args.max_concurrent, args.max_jobs,
+                     args.max_waiting, args.max_song_minutes * 60)
     signal.signal(signal.SIGTERM, exit_cleanly)
     # Our AccessLog middleware logs each request with its latency: uvicorn's own access log is off.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=30,

@@ -3,9 +3,11 @@ with its job API under ``/api/``.
 
 Model calls run in worker threads, so the event loop keeps answering (status, progress,
 other uploads) while a model computes, and at most ``max_concurrent`` run at once,
-REST requests and page jobs alike: the rest wait their turn instead of thrashing the
-cores or the memory. Request bodies over ``max_request_bytes`` are refused with 413
-before they are read whole. Every answer but success is TF Serving's ``{"error": "..."}``:
+REST requests and page jobs alike (a page job's decoding included): the rest wait their
+turn instead of thrashing the cores or the memory, at most ``max_waiting`` of them;
+further ones are answered 429 before their bodies are read. Request bodies over
+``max_request_bytes`` are refused with 413 before they are read whole; songs over
+``max_song_seconds`` with 400 before they are decoded (serve/upload.py). Every answer but success is TF Serving's ``{"error": "..."}``:
 4xx for the client's mistakes (Starlette's own refusals included), 500 for the server's.
 One line per request goes to the ``serve.access`` log.
 """
@@ -16,7 +18,6 @@ import contextlib
 import logging
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -35,11 +36,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from data_pipeline.audio import SUPPORTED_EXTENSIONS, AudioError, load_audio, write_wav
+from data_pipeline.audio import AudioError, write_wav
 from data_pipeline.crops import SOURCES
 from serve import rest
 from serve.repository import ModelRepository
 from serve.rest import RestError
+from serve.upload import UploadLimits, check_wav_bytes, decode_upload
 
 log = logging.getLogger("serve")
 access_log = logging.getLogger("serve.access")
@@ -153,26 +155,6 @@ class JobStore:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def decode_upload(path: Path, filename: str) -> tuple[np.ndarray, int]:
-    """An uploaded song as float32 ``[time, channels]`` at its own rate: WAV/FLAC/MP3/OGG through
-    data_pipeline.audio, any other format ffmpeg knows (AAC, M4A, Opus, a video's sound) converted first."""
-    if path.suffix not in SUPPORTED_EXTENSIONS:
-        converted = path.with_suffix(".wav")
-        try:
-            result = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-c:a", "pcm_f32le",
-                                     str(converted)], capture_output=True, text=True)
-        except FileNotFoundError:
-            raise AudioError(filename, "not WAV/FLAC/MP3/OGG, and ffmpeg is not installed to convert it") from None
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise AudioError(filename, f"ffmpeg cannot decode it ({reason})")
-        path = converted
-    try:
-        return load_audio(path)
-    except AudioError as error:
-        raise AudioError(filename, error.reason) from None
-
-
 def envelope(audio: np.ndarray, bins: int = 600) -> dict:
     """Per-bin minimum and maximum of the channel mean: what the page draws as a waveform."""
     mono = audio.mean(axis=1, dtype=np.float64)
@@ -181,26 +163,73 @@ def envelope(audio: np.ndarray, bins: int = 600) -> dict:
     return {"min": np.round(table.min(axis=1), 4).tolist(), "max": np.round(table.max(axis=1), 4).tolist()}
 
 
-def run_predict(version, body: bytes) -> bytes:
+class WorkQueue:
+    """Model work, REST requests and page songs alike: at most ``running`` at once (``slots``)
+    and at most ``waiting`` more admitted to wait. Beyond that a request is answered 429 at
+    once, before its body is read, so waiting work holds at most (running + waiting) bodies."""
+
+    def __init__(self, running: int, waiting: int):
+        self.slots = asyncio.Semaphore(running)
+        self.capacity = running + waiting
+        self.admitted = 0
+
+    def enter(self):
+        """Admits one piece of work, or raises 429; returns the function that lets it go (idempotent)."""
+        if self.admitted >= self.capacity:
+            raise RestError(429, f"the server is busy: {self.capacity} requests are running or waiting; "
+                                 f"try again shortly")
+        self.admitted += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.admitted -= 1
+        return release
+
+
+def run_predict(version, body: bytes, limits: UploadLimits) -> bytes:
     """A predict request from JSON body to JSON answer (in a worker thread)."""
     document = rest.parse_body(body)
     signature = rest.signature_name(document)
     inputs, row = rest.request_inputs(document, version.input_specs(signature))
+    check_duration(version, signature, inputs, limits)
     return rest.response_body(version.call(signature, inputs), row)
 
 
+def check_duration(version, signature: str, inputs: dict, limits: UploadLimits) -> None:
+    """Songs longer than the limit are refused before the graph runs: WAV bytes by their
+    headers, waveforms at the model's rate by their length."""
+    try:
+        for name, array in inputs.items():
+            if array.dtype == object:
+                for index, data in enumerate(array.flat):
+                    check_wav_bytes(data, f"input '{name}' item {index}", limits)
+            elif version.facts.get("sample_rate") and array.ndim == 3:
+                limits.check_header(f"input '{name}'", array.shape[1] / version.facts["sample_rate"],
+                                    version.facts["sample_rate"], array.shape[2])
+    except AudioError as error:
+        raise RestError(400, str(error)) from None
+
+
 def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 20, max_concurrent: int = 2,
-               max_jobs: int = 8) -> Starlette:
-    slots = asyncio.Semaphore(max_concurrent)
+               max_jobs: int = 8, max_waiting: int = 16, max_song_seconds: float = 600.0) -> Starlette:
+    work = WorkQueue(max_concurrent, max_waiting)
+    limits = UploadLimits(max_song_seconds)
     jobs = JobStore(max_jobs)
 
     async def rest_api(request: Request) -> Response:
         path, method = request.url.path, request.method
         if method == "POST" and (match := PREDICT_PATH.fullmatch(path)):
             version = repository.get(match[1], int(match[2]) if match[2] else None)
-            body = await request.body()
-            async with slots:
-                content = await run_in_threadpool(run_predict, version, body)
+            release = work.enter()
+            try:
+                body = await request.body()
+                async with work.slots:
+                    content = await run_in_threadpool(run_predict, version, body, limits)
+            finally:
+                release()
             return Response(content, media_type="application/json")
         if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
             number = int(match[2]) if match[2] else None
@@ -218,45 +247,52 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
         return JSONResponse({"name": repository.name, "version": version.number, "facts": version.facts})
 
     async def separate(request: Request) -> Response:
-        form = await request.form(max_files=1, max_fields=0)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile) or not upload.filename:
-            raise RestError(400, "send the song as the multipart form field 'file'")
-        job = jobs.add(Path(upload.filename).name)
-        path = job.folder / f"upload{Path(upload.filename).suffix.lower()}"
-        with path.open("wb") as file:
-            await run_in_threadpool(shutil.copyfileobj, upload.file, file)
-        await form.close()
-        job.task = asyncio.create_task(run_job(job, path))
+        release = work.enter()  # before the upload is read
+        try:
+            async with request.form(max_files=1, max_fields=0) as form:
+                upload = form.get("file")
+                if not isinstance(upload, UploadFile) or not upload.filename:
+                    raise RestError(400, "send the song as the multipart form field 'file'")
+                job = jobs.add(Path(upload.filename).name[:200])
+                # Our own name, without the upload's suffix: the content alone says what it is.
+                path = job.folder / "upload"
+                with path.open("wb") as file:
+                    await run_in_threadpool(shutil.copyfileobj, upload.file, file)
+            job.task = asyncio.create_task(run_job(job, path, release))
+        except BaseException:
+            release()
+            raise
         return JSONResponse(job.json(), status_code=202)
 
-    async def run_job(job: Job, path: Path) -> None:
+    async def run_job(job: Job, path: Path, release) -> None:
         from inference import separate_song  # imports Keras and the models: only once a song is sent
 
         try:
-            job.state = "decoding"
-            audio, rate = await run_in_threadpool(decode_upload, path, job.filename)
             job.state = "waiting"
-            version = repository.get(repository.name)
-            separator = await run_in_threadpool(version.separator)
-            job.facts = {"sample_rate": rate, "channels": audio.shape[1], "seconds": len(audio) / rate,
-                         "version": version.number}
-            model_samples = len(audio) * separator.sample_rate / rate
-            done = 0
+            async with work.slots:
+                job.state = "decoding"
+                audio, rate = await run_in_threadpool(decode_upload, path, job.filename, limits)
+                path.unlink()
+                version = repository.get(repository.name)
+                separator = await run_in_threadpool(version.separator)
+                job.facts = {"sample_rate": rate, "channels": audio.shape[1], "seconds": len(audio) / rate,
+                             "version": version.number}
+                model_samples = len(audio) * separator.sample_rate / rate
+                done = 0
 
-            def progress(samples: int) -> None:
-                nonlocal done
-                done += samples
-                job.progress = min(1.0, done / model_samples)
+                def progress(samples: int) -> None:
+                    nonlocal done
+                    done += samples
+                    job.progress = min(1.0, done / model_samples)
 
-            async with slots:
                 job.state = "separating"
                 # 10 s chunks rather than separate.py's 30: the page's progress bar moves more often.
                 estimates = await run_in_threadpool(separate_song, separator, audio, rate, chunk_seconds=10,
                                                     progress=progress)
-            for source, estimate in estimates.items():
-                await run_in_threadpool(write_wav, job.folder / f"{source}.wav", estimate, rate)
-                job.peaks[source] = envelope(estimate)
+                del audio
+                for source, estimate in estimates.items():
+                    await run_in_threadpool(write_wav, job.folder / f"{source}.wav", estimate, rate)
+                    job.peaks[source] = envelope(estimate)
             job.state, job.progress = "done", 1.0
         except (AudioError, RestError) as error:
             job.state, job.error = "error", str(error)
@@ -265,6 +301,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
             job.state, job.error = "error", "separation failed; the server log has the details"
         finally:
             path.unlink(missing_ok=True)
+            release()
 
     async def job_status(request: Request) -> Response:
         return JSONResponse(jobs.get(request.path_params["job_id"]).json())

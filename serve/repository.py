@@ -75,15 +75,19 @@ class Version:
             outputs = self.saved_model.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.OpError as error:
             raise RestError(HTTP_STATUS.get(type(error), 500), short_error(error)) from None
+        except UnicodeDecodeError:
+            # TensorFlow quotes the bytes it found in a malformed WAV header; when they are not
+            # UTF-8 its message cannot even become a Python string (found by fuzzing).
+            raise RestError(400, "the input is malformed (e.g. a WAV header with unexpected bytes)") from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
     def separator(self):
-        """This version as an ``inference.Separator`` for whole songs (the web page's jobs),
-        loaded on first use: the REST API alone never needs it."""
+        """This version as an ``inference.Separator`` for whole songs (the web page's jobs):
+        the same loaded SavedModel as the REST API's, through its separate_windows signature."""
         with self._separator_lock:
             if self._separator is None:
-                from inference import load_separator
-                self._separator = load_separator(self.path)
+                from inference import saved_model_separator  # imports Keras and the models: only when a page needs it
+                self._separator = saved_model_separator(self.path, self.saved_model, self.facts)
             return self._separator
 
 
@@ -96,7 +100,7 @@ class ModelRepository:
         # Replaced, never changed in place: request threads read them while the poll thread works.
         self.loaded: dict[int, Version] = {}
         self.loading: frozenset[int] = frozenset()
-        self._failed: dict[int, float] = {}  # version -> mtime of the saved_model.pb that failed to load
+        self.failed: dict[int, LoadFailure] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="version-poll", daemon=True)
 
@@ -122,17 +126,18 @@ class ModelRepository:
                 if p.name.isdigit() and (p / "saved_model.pb").is_file()}
 
     def poll(self) -> None:
-        """Loads the newest versions that are not loaded yet, then unloads the ones they replace."""
-        def wanted() -> list[int]:
-            usable = [v for v, p in disk.items() if self._failed.get(v) != _mtime(p)]
-            return sorted(usable, reverse=True)[:self.num_versions]
-
+        """Loads the newest versions that are not loaded yet (retrying failed ones when due),
+        then unloads the ones they replace."""
         disk = self.on_disk()
-        for number in wanted():
-            if number not in self.loaded:
+        now = time.monotonic()
+        self.failed = {v: failure for v, failure in self.failed.items() if v in disk}
+        for number in sorted(disk, reverse=True)[:self.num_versions]:
+            failure = self.failed.get(number)
+            if number not in self.loaded and (failure is None or failure.due(now, _mtime(disk[number]))):
                 self._load(number, disk[number])
-        keep = wanted()
-        for number in sorted(set(self.loaded) - set(keep)):
+        usable = sorted((v for v in disk if v not in self.failed), reverse=True)
+        keep = set(usable[:self.num_versions])
+        for number in sorted(set(self.loaded) - keep):
             log.info("unloading %s version %d", self.name, number)
         self.loaded = {v: version for v, version in self.loaded.items() if v in keep}  # in-flight requests keep theirs
 
@@ -141,11 +146,17 @@ class ModelRepository:
         started = time.perf_counter()
         try:
             self.loaded = {**self.loaded, number: Version.load(number, path)}
+            self.failed = {v: failure for v, failure in self.failed.items() if v != number}
             log.info("loaded %s version %d from %s in %.1f s", self.name, number, path,
                      time.perf_counter() - started)
-        except Exception as error:  # a broken export must not stop the server: it is retried once rewritten
-            self._failed[number] = _mtime(path)
-            log.error("cannot load %s version %d from %s: %s", self.name, number, path, error)
+        except Exception as error:  # a broken or half-copied export must not stop the server: retried below
+            previous = self.failed.get(number)
+            failure = LoadFailure(f"Failed to load servable version {number} from {path}: {error}"[:500],
+                                  _mtime(path), time.monotonic(), 1 + (previous.attempts if previous else 0),
+                                  self.poll_seconds)
+            self.failed = {**self.failed, number: failure}
+            if previous is None or previous.message != failure.message:
+                log.error("cannot load %s version %d (retried from the next poll on): %s", self.name, number, error)
         finally:
             self.loading = self.loading - {number}
 
@@ -159,9 +170,11 @@ class ModelRepository:
         request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
         raise RestError(404, f"Servable not found for request: {request}")
 
-    def states(self, name: str, version: int | None = None) -> dict[int, str]:
-        """Version -> state for a status request, or TF Serving's 404."""
-        states = {v: "LOADING" for v in self.loading} | {v: "AVAILABLE" for v in self.loaded}
+    def states(self, name: str, version: int | None = None) -> dict[int, tuple[str, str]]:
+        """Version -> (state, error message) for a status request, or TF Serving's 404. A version
+        that failed to load is END with its error, as in TF Serving, until a retry loads it."""
+        states = ({v: ("END", failure.message) for v, failure in self.failed.items()}
+                  | {v: ("LOADING", "") for v in self.loading} | {v: ("AVAILABLE", "") for v in self.loaded})
         if name != self.name:
             states = {}
         if version is None:
@@ -171,6 +184,22 @@ class ModelRepository:
         if version not in states:
             raise RestError(404, f"Could not find version {version} of model {name}")
         return {version: states[version]}
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A version that failed to load: retried on the next poll, then at doubling intervals
+    (at most a minute apart), and at once when its saved_model.pb is rewritten."""
+
+    message: str
+    mtime: float | None
+    at: float  # time.monotonic() of the failure
+    attempts: int
+    poll_seconds: float
+
+    def due(self, now: float, mtime: float | None) -> bool:
+        wait = min(60.0, self.poll_seconds * 2 ** (self.attempts - 1)) - self.poll_seconds
+        return mtime != self.mtime or now - self.at >= wait
 
 
 def _mtime(path: Path) -> float | None:

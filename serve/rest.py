@@ -228,10 +228,12 @@ def response_body(outputs: dict, row: bool) -> bytes:
 
 
 def status_json(states: dict) -> dict:
-    """GetModelStatusResponse as TF Serving prints it; ``states``: version -> "AVAILABLE", "LOADING", ..."""
+    """GetModelStatusResponse as TF Serving prints it; ``states``: version -> (state, error message),
+    the state "AVAILABLE", "LOADING", "END", ...; an error message makes the error code UNKNOWN."""
     return {"model_version_status": [
-        {"version": str(version), "state": state, "status": {"error_code": "OK", "error_message": ""}}
-        for version, state in sorted(states.items(), reverse=True)]}
+        {"version": str(version), "state": state,
+         "status": {"error_code": "UNKNOWN" if error else "OK", "error_message": error}}
+        for version, (state, error) in sorted(states.items(), reverse=True)]}
 
 
 def metadata_json(name: str, version: int, signature_defs: dict) -> dict:

@@ -85,7 +85,7 @@ def test_versions_are_numbered_and_written_atomically(tmp_path):
 def test_a_failed_parity_check_writes_nothing(tmp_path, monkeypatch):
     run_dir = make_run_dir(tmp_path / "run", tiny_config(True, 2))
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
-    with pytest.raises(export.ExportError, match="differs from the Keras model"):
+    with pytest.raises(export.ExportError, match="SavedModel vs Keras model.*nothing was written"):
         export.export_run(run_dir, tmp_path / "export", chunk_seconds=0.1, log=lambda message: None)
     assert list((tmp_path / "export").iterdir()) == []
 
@@ -182,6 +182,61 @@ def test_trt_without_tensorrt_is_a_clear_error_and_writes_nothing(tmp_path, caps
     error = capsys.readouterr().err
     assert "TensorRT" in error and "tensorflow[and-cuda]" in error and "gpu" in error
     assert not (tmp_path / "export").exists()
+
+
+def save_like_tensorrt(saved_model_dir, output_dir, precision, signature, weight_scale=1.0):
+    """What TrtGraphConverterV2 (TF 2.16) converts and saves, with its own code but for the
+    TensorRT pass this TensorFlow lacks: the one signature, frozen (variables turned into
+    constants), rebuilt from its graph and saved alone on a bare AutoTrackable.
+    ``weight_scale`` scales every weight first, to stand for a conversion that changed the numbers."""
+    from tensorflow.python.compiler.tensorrt import trt_convert
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.trackable.autotrackable import AutoTrackable
+
+    original = tf.saved_model.load(str(saved_model_dir))  # alive while its variables are read
+    for variable in original.model_variables:
+        variable.assign(variable * weight_scale)
+    function = original.signatures[signature]
+    frozen = convert_variables_to_constants_v2(function)
+    converted = trt_convert._construct_function_from_graph_def(function, frozen.graph.as_graph_def(), frozen)
+    tf.saved_model.save(AutoTrackable(), str(output_dir), signatures={signature: converted})
+
+
+def test_a_tensorrt_version_loads_through_its_signatures_and_passes_parity_before_it_is_placed(tmp_path,
+                                                                                               monkeypatch):
+    """A TF-TRT export (simulated: this TensorFlow has no TensorRT) keeps only frozen signatures;
+    separate.py's loader, the server's and every signature work on it, and it is checked
+    against the Keras model before it is renamed into place."""
+    from serve.repository import Version
+
+    run_dir = make_run_dir(tmp_path / "run", tiny_config(True, 2))
+    monkeypatch.setattr(export, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(export, "convert_signature_with_tensorrt", save_like_tensorrt)
+    messages = []
+    version_dir = export.export_run(run_dir, tmp_path / "export", trt="fp32", chunk_seconds=0.1,
+                                    log=messages.append)
+    assert any(m.startswith("TF-TRT fp32 vs Keras model") for m in messages), messages
+    loaded = tf.saved_model.load(str(version_dir))
+    assert sorted(loaded.signatures) == sorted(export.SIGNATURES) and not hasattr(loaded, "forward")
+    reference = export_run_keras_path(run_dir, song(2500, 2, seed=5))
+    for separator in (load_separator(version_dir), Version.load(1, version_dir).separator()):
+        estimates = separate_song(separator, song(2500, 2, seed=5), RATE)
+        for source in reference:
+            np.testing.assert_allclose(estimates[source], reference[source], atol=TOLERANCE)
+    wav = loaded.signatures["separate_audio"](audio_bytes=tf.constant([wav_bytes(song(900, 1), 16000)]))
+    assert read_wav(wav["vocals_bytes"].numpy()[0])[0].shape == (900, 1)
+
+    def off_by_a_little(*arguments):
+        save_like_tensorrt(*arguments, weight_scale=1.001)
+
+    monkeypatch.setattr(export, "convert_signature_with_tensorrt", off_by_a_little)
+    with pytest.raises(export.ExportError, match="TF-TRT fp32 vs Keras model.*nothing was written"):
+        export.export_run(run_dir, tmp_path / "export", trt="fp32", chunk_seconds=0.1, log=messages.append)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["1"]
+
+
+def export_run_keras_path(run_dir, mix: np.ndarray) -> dict:
+    return separate_song(load_separator(run_dir), mix, RATE)
 
 
 def test_saved_model_cli_prints_the_model_facts(exported):

@@ -1,0 +1,199 @@
+"""Songs from strangers: an uploaded file or WAV bytes decoded from their own bytes
+only, at a bounded cost.
+
+An upload is a file of unknown content under a name we chose (never its own, whose
+suffix would steer format guessing). libsndfile reads it when it can (WAV, FLAC, OGG,
+MP3, AIFF, ...): it knows no references to other files. Anything else goes to ffmpeg
+with two allow-lists: the ``file`` protocol alone (no http, no data:, no pipe to
+elsewhere) and the container formats in ``FFMPEG_FORMATS`` (audio and common video
+files; not HLS or other playlists, concat lists, image sequences or devices, which
+read other files or URLs). ffmpeg's probe runs first, under the same allow-lists.
+
+Every path checks the duration the header announces before decoding and counts the
+samples while decoding, so a file whose header lies costs no more than an honest one:
+at most ``max_seconds`` of audio at ``MAX_SAMPLE_RATE`` on two channels.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from data_pipeline.audio import MAX_CHANNELS, AudioError, AudioInfo, read_blocks, validate_audio
+
+# ffmpeg demuxers that read the one file they are given: the formats of songs and of videos'
+# sound. Playlists (hls, dash), concat, image2, tee, lavfi and the like are not on it.
+FFMPEG_FORMATS = ("wav", "w64", "flac", "mp3", "ogg", "mov", "matroska", "aac", "ac3", "eac3", "aiff", "caf",
+                  "asf", "wv", "ape", "tta", "amr", "avi")
+MAX_SAMPLE_RATE = 192_000
+BLOCK_FRAMES = 1 << 16
+# ffmpeg decodes audio at hundreds of times real time: a file that keeps ffprobe or ffmpeg
+# busy for longer than this is refused.
+PROBE_SECONDS, DECODE_SECONDS_PER_AUDIO_SECOND = 30, 0.1
+
+
+class UploadLimits:
+    """What one song may cost: its duration (and through it, memory and compute)."""
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds = max_seconds
+
+    def describe(self) -> str:
+        return f"{self.max_seconds / 60:g} minutes"
+
+    def check_header(self, name: str, seconds: float, sample_rate: int, channels: int) -> None:
+        if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+            raise AudioError(name, f"sample rate {sample_rate} Hz is outside 1..{MAX_SAMPLE_RATE} Hz")
+        if channels < 1:
+            raise AudioError(name, "has no audio channels")
+        if seconds > self.max_seconds:
+            raise AudioError(name, f"lasts {seconds / 60:.1f} minutes; this server separates songs of at most "
+                                   f"{self.describe()}")
+
+    def check_decoded(self, name: str, frames: int, sample_rate: int) -> None:
+        if frames > self.max_seconds * sample_rate:
+            raise AudioError(name, f"holds more than {self.describe()} of audio (more than its header said); "
+                                   f"this server separates songs of at most {self.describe()}")
+
+
+def decode_upload(path: Path, name: str, limits: UploadLimits) -> tuple[np.ndarray, int]:
+    """An uploaded file as float32 ``[time, 1 or 2]`` at its own rate (at most 48 kHz through
+    ffmpeg), or an ``AudioError`` naming ``name`` (the uploader's file name)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return _decode_with_ffmpeg(path, name, limits)
+    return _decode_with_soundfile(path, name, limits, info)
+
+
+def _decode_with_soundfile(path: Path, name: str, limits: UploadLimits, info) -> tuple[np.ndarray, int]:
+    if info.frames <= 0:
+        raise AudioError(name, "contains no audio samples")
+    if info.channels > MAX_CHANNELS:
+        raise AudioError(name, f"has {info.channels} channels; only mono and stereo are supported")
+    limits.check_header(name, info.frames / info.samplerate, info.samplerate, info.channels)
+    header = AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
+    blocks, frames = [], 0
+    try:
+        for block in read_blocks(path, BLOCK_FRAMES, info=header):
+            frames += len(block)
+            limits.check_decoded(name, frames, info.samplerate)
+            blocks.append(block)
+    except AudioError as error:
+        raise AudioError(name, error.reason) from None
+    return np.concatenate(blocks), info.samplerate
+
+
+def _ffmpeg_guards(path: Path) -> list[str]:
+    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(FFMPEG_FORMATS), "-i", f"file:{path}"]
+
+
+def _probe(path: Path, name: str) -> dict:
+    """The container and first audio stream as ffprobe reads them under the allow-lists."""
+    command = ["ffprobe", "-v", "error", *_ffmpeg_guards(path), "-select_streams", "a:0",
+               "-show_entries", "format=format_name,duration:stream=sample_rate,channels,duration", "-of", "json"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_SECONDS, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise AudioError(name, "not WAV/FLAC/MP3/OGG, and ffmpeg is not installed to read other formats") from None
+    except subprocess.TimeoutExpired:
+        raise AudioError(name, "reading its header took too long") from None
+    if result.returncode != 0:
+        if "not on whitelist" in result.stderr:
+            raise AudioError(name, "is in a format this server does not read: it takes audio and video files, "
+                                   "not playlists, lists of files or links")
+        raise AudioError(name, f"cannot be read as audio ({_last_line(result.stderr, path)})")
+    facts = json.loads(result.stdout or "{}")
+    if not facts.get("streams"):
+        raise AudioError(name, "holds no audio stream")
+    return facts
+
+
+def _decode_with_ffmpeg(path: Path, name: str, limits: UploadLimits) -> tuple[np.ndarray, int]:
+    facts = _probe(path, name)
+    stream = facts["streams"][0]
+    try:
+        sample_rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+    except (KeyError, ValueError):
+        raise AudioError(name, "its audio stream has no sample rate or channel count") from None
+    duration = _seconds(stream.get("duration")) or _seconds(facts.get("format", {}).get("duration")) or 0.0
+    limits.check_header(name, duration, sample_rate, channels)
+    # More channels are mixed down to stereo and rates above 48 kHz resampled, by ffmpeg.
+    rate, out_channels = min(sample_rate, 48_000), min(channels, MAX_CHANNELS)
+    frame_bytes = 4 * out_channels
+    # One sample beyond the limit is enough to know the file is too long.
+    limit_bytes = (int(limits.max_seconds * rate) + 1) * frame_bytes
+    command = ["ffmpeg", "-nostdin", "-v", "error", *_ffmpeg_guards(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+               "-ac", str(out_channels), "-ar", str(rate), "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
+    deadline = PROBE_SECONDS + limits.max_seconds * DECODE_SECONDS_PER_AUDIO_SECOND
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on its messages
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+        watchdog = threading.Timer(deadline, process.kill)  # a file that keeps ffmpeg busy without output
+        watchdog.start()
+        data = bytearray()
+        try:
+            while chunk := process.stdout.read(BLOCK_FRAMES * frame_bytes):
+                data += chunk
+                if len(data) >= limit_bytes:
+                    limits.check_decoded(name, len(data) // frame_bytes, rate)
+            returncode = process.wait()
+        finally:
+            watchdog.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        errors.seek(max(0, errors.seek(0, 2) - 2000))
+        message = errors.read().decode(errors="replace")
+    if returncode != 0:
+        reason = "it took too long" if returncode < 0 else _last_line(message, path)
+        raise AudioError(name, f"ffmpeg cannot decode it ({reason})")
+    audio = np.frombuffer(data, np.float32, count=len(data) // 4 // out_channels * out_channels)
+    audio = audio.reshape(-1, out_channels)
+    validate_audio(audio, name)
+    return audio, rate
+
+
+def _last_line(messages: str, path: Path) -> str:
+    """ffmpeg's last message, without the server's own path in it."""
+    line = (messages.strip().splitlines() or ["unknown error"])[-1]
+    return line.replace(f"file:{path}", "the upload").replace(str(path), "the upload")[:300]
+
+
+def _seconds(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value >= 0 else None
+
+
+def wav_header(data: bytes) -> tuple[int, float] | None:
+    """``(sample rate, seconds)`` as a RIFF/WAVE file's header announces them (the data
+    chunk's size, or the bytes after it when the file is shorter), or None when ``data``
+    is not a WAV with fmt and data chunks (the decoder then says what is wrong)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    position, rate, byte_rate = 12, None, None
+    while position + 8 <= len(data):
+        chunk, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        body = position + 8
+        if chunk == b"fmt " and size >= 16 and body + 16 <= len(data):
+            rate = int.from_bytes(data[body + 4:body + 8], "little")
+            byte_rate = int.from_bytes(data[body + 8:body + 12], "little")
+        elif chunk == b"data" and rate is not None:
+            return rate, (min(size, len(data) - body) / byte_rate if byte_rate else float("inf"))
+        position = body + size + (size & 1)
+    return None
+
+
+def check_wav_bytes(data: bytes, name: str, limits: UploadLimits) -> None:
+    """WAV bytes of a request checked from their header, before the graph decodes them."""
+    header = wav_header(data)
+    if header is not None:
+        limits.check_header(name, header[1], header[0], 1)
