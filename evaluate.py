@@ -27,7 +27,7 @@ from data_pipeline.audio import AudioError  # noqa: E402
 from data_pipeline.datasets import DATASETS, SPLITS, SyntheticOptions, get_tracks, load_track, \
     native_sample_rate  # noqa: E402
 from data_pipeline.crops import SOURCES  # noqa: E402
-from inference import PRECISIONS, load_separator, positive_seconds, separate_song  # noqa: E402
+from inference import PRECISIONS, is_exported, load_separator, positive_seconds, separate_song  # noqa: E402
 from training.metrics import best_gain_estimates  # noqa: E402
 
 METRICS = ("SDR", "SIR", "SAR")
@@ -52,12 +52,37 @@ def build_parser() -> argparse.ArgumentParser:
                              "digits (default: float32)")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
                         help="audio per model call; lower it to use less memory (default: 30)")
-    parser.add_argument("--json", help="where to write the scores (default: <model>/evaluation-<dataset>-<split>.json)")
+    parser.add_argument("--json", help="where to write the scores (default: for a run directory, "
+                        "<run>/evaluation-<dataset>-<split>.json; for an exported model, "
+                        "evaluation-<name>-<dataset>-<split>.json in the current folder, <name> naming the export: "
+                        "x-1 for export/x/1, x-1-onnx for export/x/1/model.onnx. An exported version folder is "
+                        "never written to: a model server watches it)")
     return parser
 
 
 def parse_args(argv=None):
     return build_parser().parse_args(argv)
+
+
+def exported_model_name(path) -> str:
+    """A file-name-safe name of an exported model: <base>-<version> for a SavedModel version
+    folder (export/x/1 -> x-1), <base>-<version>-onnx for its model.onnx (another .onnx file
+    in it: <base>-<version>-<file stem>)."""
+    path = Path(path).resolve()
+    if path.suffix == ".onnx":
+        parts = [path.parent.parent.name, path.parent.name, "onnx" if path.stem == "model" else path.stem]
+    else:
+        parts = [path.parent.name, path.name]
+    return "-".join(part for part in parts if part)
+
+
+def default_json_path(model, dataset: str, split: str) -> Path:
+    """Where the scores go without --json: into a run directory, but never into an exported
+    model's version folder (a model server watches it) nor, for a model.onnx, into a file
+    path: into the current folder, named after the export."""
+    if is_exported(model):
+        return Path.cwd() / f"evaluation-{exported_model_name(model)}-{dataset}-{split}.json"
+    return Path(model) / f"evaluation-{dataset}-{split}.json"
 
 
 def bss_scores(references: dict, estimates: dict, sample_rate: int) -> dict:
@@ -124,6 +149,13 @@ def format_summary(source: str, summary: dict, gain: float) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    destination = Path(args.json) if args.json else default_json_path(args.model, args.dataset, args.split)
+    # Checked before scoring, which can take long. The default destination's folder is the run
+    # directory (which load_separator checks) or the current folder.
+    if args.json and (destination.is_dir() or not destination.parent.is_dir()):
+        problem = "it is a folder" if destination.is_dir() else f"{destination.parent} is not a folder"
+        print(f"error: cannot write the scores to {destination}: {problem}", file=sys.stderr)
+        return 2
     try:
         separator = load_separator(args.model, args.precision)
         synthetic = SyntheticOptions(cache_dir=args.cache_dir)
@@ -153,7 +185,6 @@ def main(argv=None) -> int:
         print(format_row("MEDIAN", report["median"]))
         for source in SOURCES:
             print(format_summary(source, report["median"], report["median_sdr_gain_over_best_gain_baseline"][source]))
-    destination = Path(args.json or Path(args.model) / f"evaluation-{args.dataset}-{args.split}.json")
     destination.write_text(json.dumps(report, indent=2))
     print(f"Scores written to {destination}")
     if not per_track:

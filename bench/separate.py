@@ -25,8 +25,13 @@ sample (``models.generation``, 1 s segments of each window side by side): small-
 separated the stereo clip (two mono passes) at about 1.1x realtime on 2 busy cores, so
 its rows are timed once, not --repeats times (marked "1 run"), after a warm-up on a 1 s
 window, which traces the same graph.
-Then Open-Unmix UMX-HQ's speed, estimated from a reference ratio to M5-HighSR, and
-the peak RSS of separate.py separating a 10-minute stereo file. ``--quality`` scores
+Then a peer measured in the same run: where the openunmix package (and torch) is
+installed, Open-Unmix UMX-HQ (vocals + residual, niter 1, its STFT, BiLSTM and Wiener
+filtering, with random weights: nothing is downloaded) separates the same clip and each
+config's fastest runtime is printed as a multiple of it; where it is not installed, no
+peer figure is printed (``pip install openunmix`` adds it; torch stays out of
+requirements.txt). Then the peak RSS of separate.py separating a 10-minute stereo file
+(--long-minutes; 0 skips this memory test). ``--quality`` scores
 the shipped model in each runtime on the 14 MUSDB18 validation previews (through
 evaluate.py's scoring) and prints each runtime's median SDR against Keras float32.
 ONNX Runtime's CPU provider offers no float16 or bfloat16 path for this model: on
@@ -36,11 +41,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,7 +61,7 @@ import evaluate  # noqa: E402
 from data_pipeline.crops import SOURCES  # noqa: E402
 from data_pipeline.datasets import get_tracks  # noqa: E402
 from export import ONNX_FILE, export_run  # noqa: E402
-from inference import PRETRAINED_MODEL, Separator, load_separator, separate_song  # noqa: E402
+from inference import PRETRAINED_MODEL, Separator, load_separator, positive_seconds, separate_song  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 
@@ -68,9 +75,12 @@ RUNTIMES = ("keras-float32", "keras-bfloat16", "savedmodel-float32", "onnx-float
 CALIBRATION_SECONDS = 1.0  # int8 calibration windows: short, since calibration keeps every intermediate tensor
 CALIBRATION_SONGS = 3  # MUSDB18 training previews that calibrate the shipped model's int8 ranges
 SDR_TOLERANCE = 0.05  # dB: a faster runtime must keep the median SDR this close to keras-float32
-# Open-Unmix UMX-HQ (vocals + residual, niter 1) separated 1.7x as fast as a float32 M5-HighSR,
-# measured once on this machine kind with random weights on a 30 s stereo clip.
-OPEN_UNMIX_PER_M5_HIGHSR = 1.7
+# The peer: Open-Unmix UMX-HQ, measured in the same run where the openunmix package is installed.
+OPEN_UNMIX_INSTALL = "pip install openunmix"
+OPEN_UNMIX_NAME = "Open-Unmix UMX-HQ"
+OPEN_UNMIX_SETTINGS = "vocals + residual, niter 1"
+SHIPPED_CONFIG = "small"
+SHIPPED_AIM = 1.5  # the shipped config's fastest runtime should separate at least this many times as fast as the peer
 DEFAULT_CONFIGS = ("small", "M4", "M5", "M5-HighSR", "wavenet:small", "umt:small", "umt:small-full")
 # A generating config separates the stereo clip at about 1x realtime on 2 cores: --repeats runs of it in
 # every runtime would take minutes. One run is noisier than a best-of, so its rows say "1 run".
@@ -281,6 +291,78 @@ def speed_rows(model: BenchModel, runtimes: list, clip: np.ndarray, chunk_second
     return realtime
 
 
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Another separator, timed on the same clip: ``separate`` takes the (frames, 2) clip at CLIP_RATE."""
+
+    name: str
+    settings: str
+    separate: object  # callable: np.ndarray -> anything
+    versions: str
+
+
+def open_unmix_umxhq() -> tuple[Peer | None, str]:
+    """Open-Unmix UMX-HQ built from openunmix's model classes with ``openunmix.umxhq``'s hyperparameters
+    (stereo 44.1 kHz, 4096-point STFT with hop 1024, 16 kHz bandwidth, 512 hidden units, 3 BiLSTM layers,
+    Wiener windows of 300 frames), one target model (vocals) plus the residual (accompaniment), one EM
+    iteration of the Wiener filter (niter=1, umxhq's default).
+    Random weights: its released weights are downloaded from Zenodo, and the bench downloads nothing;
+    the time does not depend on them. (None, why) where openunmix or torch cannot be imported."""
+    try:
+        import torch
+        from openunmix import utils as openunmix_utils
+        from openunmix.model import OpenUnmix, Separator as OpenUnmixSeparator
+    except ImportError as error:
+        return None, f"{error.name or 'openunmix'} is not installed"
+    except OSError as error:  # e.g. a torchaudio build that does not match torch
+        return None, f"openunmix could not be imported ({error})"
+    torch.manual_seed(0)
+    max_bin = openunmix_utils.bandwidth_to_max_bin(rate=44100.0, n_fft=4096, bandwidth=16000)
+    vocals = OpenUnmix(nb_bins=4096 // 2 + 1, nb_channels=2, hidden_size=512, max_bin=max_bin)
+    model = OpenUnmixSeparator({"vocals": vocals}, niter=1, residual=True, n_fft=4096, n_hop=1024, nb_channels=2,
+                               sample_rate=float(CLIP_RATE), wiener_win_len=300, filterbank="torch")
+    model.freeze()
+
+    def separate(clip: np.ndarray):
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(clip.T))[None])
+
+    versions = (f"openunmix {package_version('openunmix')}, torch {torch.__version__}, "
+                f"{torch.get_num_threads()} threads, random weights")
+    return Peer(OPEN_UNMIX_NAME, OPEN_UNMIX_SETTINGS, separate, versions), ""
+
+
+def measure_peer(peer: Peer, clip: np.ndarray, repeats: int) -> float:
+    """x realtime of ``peer`` on the clip, timed like ``measure``: a warm-up on half a second, then the
+    best of ``repeats`` runs."""
+    peer.separate(clip[: CLIP_RATE // 2])
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        peer.separate(clip)
+        seconds.append(time.perf_counter() - start)
+    return len(clip) / CLIP_RATE / min(seconds)
+
+
+def peer_rows(realtime: dict, clip: np.ndarray, repeats: int, find_peer=open_unmix_umxhq) -> float | None:
+    """Times the peer on the clip and prints each config's fastest runtime as a multiple of it; where the
+    peer is not installed, prints that no peer figure is printed. Returns the peer's x realtime, or None."""
+    peer, reason = find_peer()
+    if peer is None:
+        print(f"Peer: no peer figure is printed: {reason} ({OPEN_UNMIX_INSTALL} adds {OPEN_UNMIX_NAME} "
+              f"({OPEN_UNMIX_SETTINGS}), measured on this clip in the same run)")
+        return None
+    speed = measure_peer(peer, clip, repeats)
+    print(f"Peer: {peer.name} ({peer.settings}), measured here on the same clip: {speed:.2f}x realtime "
+          f"(best of {repeats}; {peer.versions})")
+    for label, speeds in realtime.items():
+        fastest = max(speeds, key=speeds.get)
+        aim = f" (aim: >= {SHIPPED_AIM:g})" if label == SHIPPED_CONFIG else ""
+        print(f"  {label} ({fastest}): {speeds[fastest]:.2f}x realtime = {speeds[fastest] / speed:.2f} x "
+              f"{peer.name}{aim}")
+    return speed
+
+
 def peak_rss_of_long_separation(minutes: float, model_dir: Path, scratch: Path) -> float:
     """Peak RSS (GiB) of separate.py on a long stereo file, in a child process of its own."""
     song = scratch / "long.wav"
@@ -332,7 +414,32 @@ def quality(runtimes: list, data_root: Path, chunk_seconds: float, scratch: Path
               f"{delta['accompaniment']:+7.3f}  {within}")
 
 
-def main():
+def long_minutes(text: str) -> float:
+    """argparse type of --long-minutes: at least a second of audio, or 0 to skip the memory test."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if value == 0:
+        return 0.0
+    if not math.isfinite(value) or value * 60 < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of minutes of at least 1/60 (one second), or 0 to "
+                                         f"skip the memory test, not {text}")
+    return value
+
+
+def positive_count(text: str) -> int:
+    """argparse type of --repeats: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", type=BenchModel.parse,
                         default=[BenchModel.parse(text) for text in DEFAULT_CONFIGS],
@@ -342,18 +449,25 @@ def main():
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         help="runtimes to time each config in (default: all); keras-float32, the reference, "
                              "is always measured")
-    parser.add_argument("--chunk-seconds", type=float, default=30.0, help="separate.py's default")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
+                        help="audio per model call (default: 30, separate.py's default)")
+    parser.add_argument("--repeats", type=positive_count, default=3,
                         help=f"timed runs per row; the best counts (default: 3; generating configs: "
                              f"{GENERATION_REPEATS})")
-    parser.add_argument("--long-minutes", type=float, default=10.0, help="length of the memory test file")
+    parser.add_argument("--long-minutes", type=long_minutes, default=10.0,
+                        help="length in minutes of the file whose separation's peak RSS is measured (default: 10); "
+                             "0 skips this memory test")
     parser.add_argument("--model", help="run directory for the memory test (default: the shipped pretrained "
                                         "model, else a random small model)")
     parser.add_argument("--quality", action="store_true",
                         help="also score the shipped model in each runtime on the MUSDB18 validation previews")
     parser.add_argument("--data-root", type=Path, default=PREVIEWS,
                         help=f"MUSDB18 root for --quality (default: {PREVIEWS}; skipped where absent)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     runtimes = ["keras-float32"] + [runtime for runtime in args.runtimes if runtime != "keras-float32"]
     # Each Keras separator traces its own graph once; TF counts those traces together as "retracing".
     tf.get_logger().setLevel("ERROR")
@@ -369,26 +483,22 @@ def main():
         scratch = Path(scratch)
         realtime = {model.label: speed_rows(model, runtimes, clip, args.chunk_seconds, args.repeats, peak, scratch)
                     for model in args.configs}
-        if "M5-HighSR" in realtime:
-            open_unmix = OPEN_UNMIX_PER_M5_HIGHSR * realtime["M5-HighSR"]["keras-float32"]
-            print(f"Open-Unmix UMX-HQ (vocals + residual, niter 1), estimated, not measured: {open_unmix:.2f}x "
-                  f"realtime = {OPEN_UNMIX_PER_M5_HIGHSR:g} x M5-HighSR keras-float32 here (a ratio measured once "
-                  f"on this machine kind)")
-            if "small" in realtime:
-                fastest = max(realtime["small"], key=realtime["small"].get)
-                print(f"Shipped config (small), fastest runtime {fastest}: {realtime['small'][fastest]:.2f}x realtime "
-                      f"= {realtime['small'][fastest] / open_unmix:.2f} x that Open-Unmix estimate (aim: >= 1.5)")
+        peer_rows(realtime, clip, args.repeats)
 
-        model_dir = Path(args.model) if args.model else (
-            PRETRAINED_MODEL if PRETRAINED_MODEL.is_dir() else save_random_run(BenchModel.parse("small"),
-                                                                                scratch / "run"))
-        rss = peak_rss_of_long_separation(args.long_minutes, model_dir, scratch)
-        audio_gib = args.long_minutes * 60 * CLIP_RATE * 2 * 4 / 2 ** 30
-        print(f"Peak RSS separating a {args.long_minutes:g}-minute stereo file with {model_dir.name}: {rss:.2f} GiB "
-              f"(limit 2 GiB; the song itself is {audio_gib:.2f} GiB as float32)")
+        if args.long_minutes == 0:
+            print("Peak RSS: memory test skipped (--long-minutes 0)")
+        else:
+            model_dir = Path(args.model) if args.model else (
+                PRETRAINED_MODEL if PRETRAINED_MODEL.is_dir() else save_random_run(BenchModel.parse("small"),
+                                                                                    scratch / "run"))
+            rss = peak_rss_of_long_separation(args.long_minutes, model_dir, scratch)
+            audio_gib = args.long_minutes * 60 * CLIP_RATE * 2 * 4 / 2 ** 30
+            print(f"Peak RSS separating a {args.long_minutes:g}-minute stereo file with {model_dir.name}: "
+                  f"{rss:.2f} GiB (limit 2 GiB; the song itself is {audio_gib:.2f} GiB as float32)")
         if args.quality:
             quality(runtimes, args.data_root, args.chunk_seconds, scratch)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

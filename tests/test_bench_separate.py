@@ -1,11 +1,13 @@
 """bench/separate.py: the int8 ONNX model it builds from an exported run separates like Keras float32, and
 its rows time any registered architecture's config in the runtimes that apply to it."""
 import argparse
+import sys
 
 import numpy as np
 import pytest
 
-from bench.separate import CLIP_RATE, BenchModel, measure, runtime_models, speed_rows
+import bench.separate as bench
+from bench.separate import CLIP_RATE, BenchModel, Peer, measure, peer_rows, runtime_models, speed_rows
 from inference import load_separator, separate_song
 from tests.test_separate import TINY, make_run_dir
 from tests.test_umt import TINY_FULL
@@ -47,3 +49,43 @@ def test_rows_of_a_tiny_generating_umt_skip_onnx_and_are_timed_once(tmp_path, ca
     rows = [line for line in printed.splitlines() if line.startswith("umt:tiny-full ")]
     # Timed once (it generates); FLOPs counted from the teacher-forced graph; no f90 framing.
     assert len(rows) == 1 and rows[0].endswith("n/a  1 run") and "%" in rows[0]
+
+
+@pytest.mark.parametrize("minutes", ["-1", "nan", "inf", "ten", "0.001"])
+def test_long_minutes_must_be_a_second_or_more_or_zero(minutes, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.build_parser().parse_args(["--long-minutes", minutes])
+    assert exit_info.value.code == 2
+    assert "--long-minutes" in capsys.readouterr().err
+
+
+def test_long_minutes_0_skips_the_memory_test_and_no_peer_figure_without_openunmix(monkeypatch, capsys):
+    assert bench.build_parser().parse_args(["--long-minutes", "0"]).long_minutes == 0
+    # The timing itself is covered above: stubbed here, so the entry point runs in a second.
+    monkeypatch.setattr(bench, "matmul_flops_per_second", lambda: 1e12)
+    monkeypatch.setattr(bench, "speed_rows", lambda model, runtimes, *args: {"keras-float32": 20.0})
+
+    def no_memory_test(*args):
+        raise AssertionError("--long-minutes 0 ran the memory test")
+
+    monkeypatch.setattr(bench, "peak_rss_of_long_separation", no_memory_test)
+    monkeypatch.setitem(sys.modules, "openunmix", None)  # not importable, whether or not it is installed
+    assert bench.main(["--configs", "small", "--runtimes", "keras-float32", "--long-minutes", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "memory test skipped (--long-minutes 0)" in printed
+    peer_lines = [line for line in printed.splitlines() if line.startswith("Peer:")]
+    assert len(peer_lines) == 1 and "no peer figure is printed" in peer_lines[0]
+    assert "pip install openunmix" in peer_lines[0] and "x realtime" not in printed.split("Peer:")[1]
+
+
+def test_a_peer_is_timed_on_the_same_clip_and_each_config_compared_with_it(capsys):
+    clip = np.zeros((CLIP_RATE, 2), np.float32)
+    seen = []
+    peer = Peer("Fake peer", "two sources", lambda audio: seen.append(audio.shape), "fake 1.0")
+    speed = peer_rows({"small": {"keras-float32": 1.0, "onnx-float32": 2.0}, "M5": {"keras-float32": 0.5}}, clip,
+                      repeats=2, find_peer=lambda: (peer, ""))
+    assert seen == [(CLIP_RATE // 2, 2), clip.shape, clip.shape]  # a warm-up, then 2 timed runs of the clip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"Peer: Fake peer (two sources), measured here on the same clip: {speed:.2f}x")
+    assert lines[1] == f"  small (onnx-float32): 2.00x realtime = {2 / speed:.2f} x Fake peer (aim: >= 1.5)"
+    assert lines[2] == f"  M5 (keras-float32): 0.50x realtime = {0.5 / speed:.2f} x Fake peer"

@@ -8,6 +8,8 @@ import soundfile as sf
 
 import evaluate
 from data_pipeline.crops import SOURCES
+from export import ONNX_FILE
+from tests.test_export import exported, tiny_config  # noqa: F401 (exported: a fixture, fed by config below)
 from tests.test_separate import make_run_dir
 from training.metrics import best_gain_estimates, least_squares_gain, signal_to_distortion
 
@@ -180,3 +182,55 @@ def test_evaluate_cli_errors(tmp_path, capsys):
     run_dir = make_run_dir(tmp_path / "run")
     assert evaluate.main(["--model", str(run_dir), "--dataset", "ccmixter"]) == 2
     assert "needs --data-root" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def config():
+    """test_export's ``exported`` fixture, for one config: a tiny stereo model exported as version 1."""
+    return tiny_config(True, 2)
+
+
+def files_of(folder):
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("model", ["version", "onnx"])
+def test_an_exported_model_is_scored_into_the_current_folder_and_its_version_is_left_alone(
+        exported, tmp_path, monkeypatch, capsys, model):
+    _, version_dir = exported
+    path = version_dir if model == "version" else version_dir / ONNX_FILE
+    write_song(tmp_path / "data" / "test" / "one", np.random.default_rng(8), seconds=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = files_of(version_dir)
+    assert evaluate.main(["--model", str(path), "--dataset", "folder", "--data-root", str(tmp_path / "data")]) == 0
+    assert files_of(version_dir) == before
+    # The fixture exports to <tmp>/tiny/1.
+    name = {"version": "tiny-1", "onnx": "tiny-1-onnx"}[model]
+    destination = work / f"evaluation-{name}-folder-test.json"
+    assert sorted(work.iterdir()) == [destination]
+    assert list(json.loads(destination.read_text())["tracks"]) == ["one"]
+    assert f"Scores written to {destination}" in capsys.readouterr().out
+
+
+def test_a_run_directory_is_still_scored_into_itself(tmp_path, monkeypatch):
+    write_song(tmp_path / "data" / "test" / "one", np.random.default_rng(9), seconds=1)
+    run_dir = make_run_dir(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main(["--model", str(run_dir), "--dataset", "folder", "--data-root", str(tmp_path / "data")]) == 0
+    assert json.loads((run_dir / "evaluation-folder-test.json").read_text())["tracks"]
+    assert not list(tmp_path.glob("evaluation-*.json"))
+
+
+@pytest.mark.parametrize("path,name", [("export/x/1", "x-1"), ("export/x/1/model.onnx", "x-1-onnx"),
+                                       ("export/x/1/model-int8.onnx", "x-1-model-int8")])
+def test_exported_model_names(path, name):
+    assert evaluate.exported_model_name(path) == name
+
+
+def test_a_json_destination_in_no_folder_is_refused_before_scoring(tmp_path, capsys):
+    destination = tmp_path / "missing" / "scores.json"
+    assert evaluate.main(["--model", str(tmp_path), "--json", str(destination)]) == 2
+    assert f"cannot write the scores to {destination}" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 import train
+from data_pipeline.datasets import DatasetError, get_tracks
 from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset
 from inference import load_run
 from models.waveunet import WaveUNetConfig, input_length_for
@@ -439,6 +440,33 @@ def test_mixed_datasets_train_on_both_and_validate_on_the_real_songs(tmp_path):
                 ["--mix-weights", "0,0"]):
         with pytest.raises(SystemExit):
             train.parse_args(bad)
+
+
+@pytest.mark.skipif(not PREVIEWS.is_dir(), reason="needs ../shared/data/musdb18-train-previews")
+def test_select_on_picks_the_checkpoint_on_the_named_datasets_only_and_others_train_only(tmp_path):
+    """A folder dataset with a train/ split only (like karaoke clips kept for training) beside
+    the MUSDB18 previews: by default the run refuses (every real dataset must have validation
+    songs); with --select-on musdb the folder trains only, and the songs check_data hands to
+    validation, which picks the checkpoint, are exactly the 14 validation previews."""
+    training_only = tmp_path / "training-only"
+    for index in range(4):
+        write_stems(training_only / "train" / f"extra{index}", rate=22050, seed=index)
+    common = ["--dataset", "folder+musdb", "--data-root", str(training_only), "--data-root", str(PREVIEWS),
+              "--cache-dir", str(tmp_path / "cache")]
+    _, default = train.resolve_run(train.parse_args([*common, "--run-dir", str(tmp_path / "default")]))
+    with pytest.raises(DatasetError, match="no songs for split 'valid'"):
+        train.check_data(default, 22050)
+    run_dir, run = train.resolve_run(train.parse_args([*common, "--select-on", "musdb",
+                                                       "--run-dir", str(tmp_path / "run")]))
+    assert run["data"]["select_on"] == ["musdb"]
+    tracks = train.check_data(run, 22050)
+    previews = {track.name for track in get_tracks("musdb", "valid", data_root=PREVIEWS)}
+    assert len(previews) == 14 and {track.name for track in tracks["valid"]} == previews
+    assert [len(group) for group in tracks["train"]] == [4, 80]
+    with pytest.raises(SystemExit, match="--select-on synthetic: synthetic is not in --dataset folder"):
+        train.resolve_run(train.parse_args([*common, "--select-on", "synthetic", "--run-dir", str(tmp_path / "x")]))
+    with pytest.raises(SystemExit, match=r"--select-on folder \(the run has musdb\)"):
+        train.resolve_run(train.parse_args(["--resume", str(run_dir), "--select-on", "folder"]))
 
 
 @pytest.mark.skipif(not PREVIEWS.is_dir(), reason="needs ../shared/data/musdb18-train-previews")
