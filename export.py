@@ -41,9 +41,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from data_pipeline.crops import SOURCES  # noqa: E402
 from inference import MODEL_FACTS_FILE, PRETRAINED_MODEL, keras_separator, load_run, load_separator, \
     positive_seconds, saved_model_separator, separate_song  # noqa: E402
+from models.architecture import SOURCES  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 from serving_graph import SIGNATURES, SeparationModule  # noqa: E402

@@ -20,7 +20,7 @@ import soxr
 import tensorflow as tf
 
 from data_pipeline.audio import convert_channels
-from data_pipeline.crops import SOURCES
+from models.architecture import SOURCES
 from models.framing import ChunkPlan
 from models.registry import ARCHITECTURES, PRECISIONS, build_in_precision  # noqa: F401 (re-exported for the CLIs)
 from run_directory import RunDirectory

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from models.framing import ChunkPlan, frame_tf, stitch_tf
-from models.registry import Architecture
+from models.architecture import Architecture
 
 SIGNATURES = ("serving_default", "separate_audio", "separate_windows")
 

@@ -28,9 +28,10 @@ import numpy as np  # noqa: E402
 
 from data_pipeline.audio import AudioError  # noqa: E402
 from data_pipeline.augment import AugmentOptions  # noqa: E402
-from data_pipeline.crops import SOURCES, CropSpec  # noqa: E402
+from data_pipeline.crops import CropSpec  # noqa: E402
 from data_pipeline.datasets import DATASETS, GENERATED_DATASETS, DatasetError, SyntheticOptions, find_problems, \
     get_tracks, load_track  # noqa: E402
+from models.architecture import SOURCES  # noqa: E402
 from models.registry import ARCHITECTURES, PRECISIONS, build_in_precision  # noqa: E402
 from run_directory import RunDirectory  # noqa: E402
 from training.callbacks import TorchScalarWriter, ValidationExamples  # noqa: E402

@@ -1,14 +1,11 @@
 """What both input pipelines share and can import without TensorFlow: the
-source names and the model's crop geometry (the tf.data pipeline in
+model's crop geometry (the tf.data pipeline in
 ``pipeline.py``, the numpy loader in ``numpy_loader.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-
-SOURCES = ("vocals", "accompaniment")
-
 
 @dataclass(frozen=True)
 class CropSpec:

@@ -31,8 +31,9 @@ import keras
 import numpy as np
 
 from data_pipeline.augment import AugmentOptions, shift_segment_numpy
-from data_pipeline.crops import SOURCES, CropSpec
+from data_pipeline.crops import CropSpec
 from data_pipeline.datasets import Track, load_track
+from models.architecture import SOURCES
 
 # First entropy word after the seed: keeps the song-order, crop, group-choice and group-seed random streams apart.
 _SONG_ORDER, _CROP, _GROUP_CHOICE, _GROUP_SEED = 0, 1, 2, 3

@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from data_pipeline import augment
 from data_pipeline.audio import DECODE_PYTHON, audio_info, decode_in_graph, in_graph_decoder, is_stem_file
-from data_pipeline.crops import SOURCES, CropSpec, group_seed
+from data_pipeline.crops import CropSpec, group_seed
 from data_pipeline.datasets import Track
+from models.architecture import SOURCES
 from models.framing import ChunkPlan, frame_tf
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -1,20 +1,2 @@
-"""Separation model builders; each architecture lives in its own module."""
-from models.waveunet import (
-    CONFIGS,
-    SOURCES,
-    WaveUNetConfig,
-    build_waveunet,
-    context_length,
-    get_config,
-    input_length_for,
-)
-
-__all__ = [
-    "CONFIGS",
-    "SOURCES",
-    "WaveUNetConfig",
-    "build_waveunet",
-    "context_length",
-    "get_config",
-    "input_length_for",
-]
+"""Separation models: ``architecture`` (the record each declares, the source names,
+precisions), one module per architecture, ``registry`` (the list of them)."""

@@ -33,7 +33,8 @@ import keras
 import tensorflow as tf
 
 from models import mulaw
-from models.umt import UMTConfig, decoder_field, dilations, gated_activation, pool_length
+from models.layers import gated_activation
+from models.umt_config import UMTConfig, decoder_field, dilations, pool_length
 
 SEGMENT_SECONDS = 1.0
 

@@ -130,3 +130,9 @@ class LearnedUpsample(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "valid": self.valid}
+
+
+def gated_activation(inputs):
+    """``[..., 2c]`` -> tanh(first half) * sigmoid(second half): WaveNet's gated unit."""
+    filters, gates = ops.split(inputs, 2, axis=-1)
+    return ops.tanh(filters) * ops.sigmoid(gates)

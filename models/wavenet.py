@@ -48,7 +48,7 @@ from keras import layers, ops
 from models import mulaw
 from models.framing import ChunkPlan
 from models.layers import CenterCrop1D
-from models.registry import Architecture, register
+from models.architecture import Architecture
 
 DEFAULT_CONFIG = "small"
 HEADS = ("classification", "regression")
@@ -238,7 +238,7 @@ def sources_from_outputs(outputs: dict) -> dict:
             "accompaniment": outputs["accompaniment"]}
 
 
-register("wavenet", Architecture(
+ARCHITECTURE = Architecture(
     configs=CONFIGS,
     default_config=DEFAULT_CONFIG,
     config_from_dict=WaveNetConfig.from_dict,
@@ -248,4 +248,4 @@ register("wavenet", Architecture(
     training_presets=TRAINING_PRESETS,
     losses=losses,
     inference_head=sources_from_outputs,
-))
+)

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from data_pipeline.crops import SOURCES
 from models.framing import ChunkPlan
 from models.layers import CenterCrop1D, CropConcat, Decimate, LearnedUpsample, LinearUpsample
-from models.registry import Architecture, register
+from models.architecture import SOURCES, Architecture
 
 DEFAULT_CONFIG = "small"
 
@@ -242,7 +241,7 @@ def sources_from_outputs(outputs: dict) -> dict:
     return outputs
 
 
-register("waveunet", Architecture(
+ARCHITECTURE = Architecture(
     configs=CONFIGS,
     default_config=DEFAULT_CONFIG,
     config_from_dict=WaveUNetConfig.from_dict,
@@ -252,4 +251,4 @@ register("waveunet", Architecture(
     training_presets=TRAINING_PRESETS,
     losses=losses,
     inference_head=sources_from_outputs,
-))
+)

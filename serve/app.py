@@ -37,7 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from data_pipeline.audio import AudioError, write_wav
-from data_pipeline.crops import SOURCES
+from models.architecture import SOURCES
 from serve import rest
 from serve.repository import ModelRepository
 from serve.rest import RestError

@@ -30,7 +30,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from data_pipeline.audio import AudioError, WavWriter, open_audio, read_blocks
-from data_pipeline.crops import SOURCES
+from models.architecture import SOURCES
 
 GRID = 4096
 

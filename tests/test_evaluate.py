@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 import evaluate
-from data_pipeline.crops import SOURCES
 from export import ONNX_FILE
+from models.architecture import SOURCES
 from tests.test_export import exported, tiny_config  # noqa: F401 (exported: a fixture, fed by config below)
 from tests.test_separate import make_run_dir
 from training.metrics import best_gain_estimates, least_squares_gain, signal_to_distortion

@@ -377,9 +377,10 @@ def test_the_loaders_need_no_tensorflow(tracks):
     output = run_without_tensorflow("""
 import sys
 from data_pipeline.augment import AugmentOptions
-from data_pipeline.crops import SOURCES, CropSpec
+from data_pipeline.crops import CropSpec
 from data_pipeline.datasets import get_tracks
 from data_pipeline.numpy_loader import TrainingLoader, ValidationLoader
+from models.architecture import SOURCES
 
 tracks = get_tracks("folder", "train", data_root=sys.argv[1])
 mix, targets = TrainingLoader(tracks, sample_rate=8000, crop=CropSpec(1001, 600), batch_size=4,

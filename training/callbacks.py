@@ -11,7 +11,9 @@ import keras
 import librosa
 import numpy as np
 
-from data_pipeline.crops import SOURCES, CropSpec
+from models.architecture import SOURCES
+
+from data_pipeline.crops import CropSpec
 from training.checkpointing import optimizer_step
 from training.metrics import best_gain_estimates, signal_to_distortion
 
