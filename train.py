@@ -47,9 +47,9 @@ USES_TF_DATA = keras.backend.backend() == "tensorflow"
 TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8,
                      "precision": "float32", "learning_rate_decay": 1.0, "clip_norm": None,
-                     "pitch_shift_semitones": 0.0}
+                     "pitch_shift_semitones": 0.0, "ema_momentum": None}
 TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision",
-                  "pitch_shift_semitones")
+                  "pitch_shift_semitones", "ema_momentum")
 DEFAULT_SYNTHETIC_SONGS = 90
 
 
@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pitch-shift", dest="pitch_shift_semitones", type=float, metavar="SEMITONES",
                         help="shift a random 0.25-0.5 s segment of both sources of each training example by up "
                              "to this many semitones (UMT: 0.5; others: 0, off)")
+    parser.add_argument("--ema", dest="ema_momentum", type=float, metavar="MOMENTUM",
+                        help="validate, pick and save an exponential moving average of the weights, updated "
+                             "every step with this momentum (e.g. 0.999: an average over about 1000 steps); "
+                             "training itself goes on from the raw weights (default: off)")
     parser.add_argument("--seed", type=int, help="seed of crops and augmentation (default: 0)")
     parser.add_argument("--synthetic-songs", type=int, help=f"training songs of 20 s of each generated dataset "
                                                             f"(synthetic, rendered; default: {DEFAULT_SYNTHETIC_SONGS})")
@@ -133,6 +137,8 @@ def parse_args(argv=None):
         parser.error("--learning-rate must be positive")
     if args.pitch_shift_semitones is not None and not 0 <= args.pitch_shift_semitones <= 12:
         parser.error("--pitch-shift must lie in [0, 12] semitones")
+    if args.ema_momentum is not None and not 0 < args.ema_momentum < 1:
+        parser.error("--ema must lie strictly between 0 and 1")
     return args
 
 
@@ -366,13 +372,16 @@ def build_model(run: dict, strategy):
 
 def make_optimizer(training: dict) -> keras.optimizers.Optimizer:
     """Adam; its learning rate multiplied by ``learning_rate_decay`` after every validation
-    interval (UMT decays it per epoch), gradients clipped to norm ``clip_norm`` if given."""
+    interval (UMT decays it per epoch), gradients clipped to norm ``clip_norm`` if given, and
+    an exponential moving average of the weights kept with ``ema_momentum`` if given."""
     learning_rate = training["learning_rate"]
     decay = training.get("learning_rate_decay", 1.0)
     if decay != 1.0:
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
             learning_rate, decay_steps=training["validate_every"], decay_rate=decay, staircase=True)
-    return keras.optimizers.Adam(learning_rate, clipnorm=training.get("clip_norm"))
+    momentum = training.get("ema_momentum")
+    return keras.optimizers.Adam(learning_rate, clipnorm=training.get("clip_norm"), use_ema=momentum is not None,
+                                 ema_momentum=momentum or 0.99)
 
 
 def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: CropSpec, sample_rate: int):
@@ -394,8 +403,12 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: dict, excerpts, crop: C
                                                    update_freq=math.gcd(training["validate_every"], 50))]
     else:
         tensorboard = [TorchScalarWriter(outputs.logs)] if TorchScalarWriter.available() else []
+    # With an EMA: swapped in for validation, and from each epoch's end (after the backup,
+    # which keeps the raw weights to resume from) through the checkpoints that follow.
+    ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if training.get("ema_momentum") else []
     return [
         ResumableBackup(outputs.backup, best, early_stopping, restore_dir=RunDirectory(run_dir).backup),
+        *ema,
         *validation_examples(run, outputs.logs, excerpts, crop, sample_rate),
         *tensorboard,
         keras.callbacks.CSVLogger(str(outputs.logs / "metrics.csv"), append=True),

@@ -189,6 +189,28 @@ def test_steps_are_exact_and_the_last_short_interval_still_validates(tmp_path):
     assert history is None
 
 
+def test_with_ema_the_checkpoints_hold_the_averaged_weights_and_the_backup_the_raw_ones(tmp_path):
+    """--ema: best.keras and last.keras hold the moving average of the weights; the resumable
+    backup holds the raw weights the optimizer goes on from, with the average beside them."""
+    run_dir = tmp_path / "run"
+    run = write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3, ema_momentum=0.5)
+    resume(run_dir)
+    backup, _ = train.build_model(run, train.choose_strategy())
+    backup.optimizer.build(backup.trainable_variables)
+    backup.load_weights(RunDirectory(run_dir).backup / "latest.weights.h5")
+    raw = {v.path: v.numpy() for v in backup.trainable_variables}
+    averages = dict(zip(raw, (v.numpy() for v in backup.optimizer._model_variables_moving_average)))
+    assert max(float(np.max(np.abs(raw[path] - averages[path]))) for path in raw) > 1e-4
+    for checkpoint in (RunDirectory(run_dir).last_checkpoint, RunDirectory(run_dir).best_checkpoint):
+        saved = {v.path: v.numpy() for v in keras.saving.load_model(checkpoint).trainable_variables}
+        if checkpoint.name == "last.keras":  # the backup and last.keras are written at the same step
+            for path in raw:
+                np.testing.assert_allclose(saved[path], averages[path], atol=1e-6)
+        assert not all(np.allclose(saved[path], raw[path], atol=1e-6) for path in raw)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--ema", "1.5"])
+
+
 def test_bfloat16_mixed_precision_trains_and_its_checkpoint_loads_in_float32(tmp_path):
     run_dir = tmp_path / "run"
     run = write_run(run_dir, tmp_path / "cache", steps=4, validate_every=2)
