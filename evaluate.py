@@ -26,8 +26,10 @@ from tqdm import tqdm  # noqa: E402
 from data_pipeline.audio import AudioError  # noqa: E402
 from data_pipeline.datasets import DATASETS, SPLITS, SyntheticOptions, get_tracks, load_track, \
     native_sample_rate  # noqa: E402
-from inference import PRECISIONS, is_exported, load_separator, positive_seconds, separate_song  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
+from models.registry import PRECISIONS  # noqa: E402
+from runtime.chunking import positive_seconds, separate_song  # noqa: E402
+from runtime.loading import is_exported, load_separator  # noqa: E402
 from training.metrics import best_gain_estimates  # noqa: E402
 
 METRICS = ("SDR", "SIR", "SAR")

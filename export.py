@@ -41,12 +41,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inference import MODEL_FACTS_FILE, PRETRAINED_MODEL, keras_separator, load_run, load_separator, \
-    positive_seconds, saved_model_separator, separate_song  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
-from run_directory import RunDirectory  # noqa: E402
-from serving_graph import SIGNATURES, SeparationModule  # noqa: E402
+from runtime.chunking import positive_seconds, separate_song  # noqa: E402
+from runtime.loading import MODEL_FACTS_FILE, PRETRAINED_MODEL, load_run, load_separator, \
+    saved_model_separator  # noqa: E402
+from runtime.run_directory import RunDirectory  # noqa: E402
+from runtime.saved_model_graph import SIGNATURES, SeparationModule  # noqa: E402
+from runtime.separator import keras_separator  # noqa: E402
 
 PROJECT_VERSION = "0.3.0"
 ONNX_FILE = "model.onnx"
@@ -110,7 +112,7 @@ def probe_signal(sample_rate: int, channels: int, length: int) -> np.ndarray:
 
 
 def check_saved_model(version_dir: Path, module: SeparationModule, loaded_run, chunk_seconds: float) -> float:
-    """Max abs difference from the Keras model run through inference's numpy chunked
+    """Max abs difference from the Keras model run through runtime.chunking's numpy chunked
     path on the test signal, of the reloaded SavedModel's serving_default and of the
     same chunked path through its separate_windows (how every tool loads an export)."""
     signal = probe_signal(module.sample_rate, module.channels, int(TEST_SIGNAL_WINDOWS * module.plan.stride) + 7)

@@ -33,9 +33,10 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data_pipeline.audio import SUPPORTED_EXTENSIONS, AudioError, WavWriter, open_audio, read_blocks  # noqa: E402
-from inference import PRECISIONS, PRETRAINED_MODEL, SongSeparation, fit_length, load_separator, \
-    positive_seconds, resolve_precision  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
+from models.registry import PRECISIONS  # noqa: E402
+from runtime.chunking import fit_length, positive_seconds, SongSeparation  # noqa: E402
+from runtime.loading import PRETRAINED_MODEL, load_separator, resolve_precision  # noqa: E402
 
 
 def parse_args(argv=None):

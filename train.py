@@ -33,7 +33,7 @@ from data_pipeline.datasets import DATASETS, GENERATED_DATASETS, DatasetError, S
     get_tracks, load_track  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import ARCHITECTURES, PRECISIONS, build_in_precision  # noqa: E402
-from run_directory import RunDirectory  # noqa: E402
+from runtime.run_directory import RunDirectory  # noqa: E402
 from training.callbacks import TorchScalarWriter, ValidationExamples  # noqa: E402
 from training.checkpointing import ResumableBackup, StopAtStep, backup_progress, optimizer_step  # noqa: E402
 from training.strategy import choose_strategy, cluster_role, describe, fix_keras_for_multi_worker, \
@@ -428,7 +428,7 @@ def validation_examples(run: dict, log_dir: Path, excerpts, crop: CropSpec, samp
         def separate(model, mix):
             return architecture.inference_head(model.predict(mix, batch_size=4, verbose=0))
     elif USES_TF_DATA:
-        from inference import keras_separator
+        from runtime.separator import keras_separator
 
         separators = {}  # one per model (fit's model throughout): its graph is traced once
 

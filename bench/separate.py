@@ -60,10 +60,12 @@ import tensorflow as tf  # noqa: E402
 import evaluate  # noqa: E402
 from data_pipeline.datasets import get_tracks  # noqa: E402
 from export import ONNX_FILE, export_run  # noqa: E402
-from inference import PRETRAINED_MODEL, Separator, load_separator, positive_seconds, separate_song  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
-from run_directory import RunDirectory  # noqa: E402
+from runtime.chunking import positive_seconds, separate_song  # noqa: E402
+from runtime.loading import PRETRAINED_MODEL, load_separator  # noqa: E402
+from runtime.run_directory import RunDirectory  # noqa: E402
+from runtime.separator import Separator  # noqa: E402
 
 WAVEUNET = ARCHITECTURES["waveunet"]
 

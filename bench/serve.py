@@ -62,7 +62,7 @@ import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from export import export_run  # noqa: E402
-from inference import MODEL_FACTS_FILE, PRETRAINED_MODEL  # noqa: E402
+from runtime.loading import MODEL_FACTS_FILE, PRETRAINED_MODEL  # noqa: E402
 from serve.client import wav_bytes  # noqa: E402
 from serve.upload import wav_header  # noqa: E402
 

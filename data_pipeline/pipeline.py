@@ -131,7 +131,7 @@ def _example(vocals, accompaniment, crop: CropSpec, channels: int, sample_rate: 
 
 def _evaluation_windows(vocals, accompaniment, crop: CropSpec):
     """Consecutive windows whose outputs tile the whole song (the last one zero-padded),
-    cut by inference's tiler with a plan that keeps every output sample."""
+    cut by runtime.chunking's tiler with a plan that keeps every output sample."""
     plan = ChunkPlan(input_length=crop.input_length, output_offset=crop.context_left,
                      output_length=crop.output_length, keep_from=0, stride=crop.output_length)
     return tf.data.Dataset.from_tensor_slices((frame_tf(vocals, plan), frame_tf(accompaniment, plan)))

@@ -39,7 +39,7 @@ class ChunkPlan:
 def frame_tf(waveform, plan: ChunkPlan):
     """``[time, channels]`` -> the model-input windows ``[num_chunks, input_length, channels]``.
 
-    Laid out as ``inference._ChunkRunner`` does: ``plan.lead`` zeros of context
+    Laid out as ``runtime.chunking._ChunkRunner`` does: ``plan.lead`` zeros of context
     before the song, windows ``plan.stride`` apart, the last completed with zeros,
     as many as it takes for the kept outputs to cover every sample (none for an
     empty song). Graph-safe for a ``time`` unknown until run time."""

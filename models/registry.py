@@ -1,4 +1,4 @@
-"""The architecture registry that train.py, inference.py and the exporters share: the
+"""The architecture registry that train.py, the runtime and the exporters share: the
 one list of model modules, each declaring its ``Architecture`` record (see
 ``models.architecture``) as ``ARCHITECTURE``. The dependency runs one way: the
 registry imports the models, the models import ``models.architecture``."""

@@ -265,7 +265,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
         return JSONResponse(job.json(), status_code=202)
 
     async def run_job(job: Job, path: Path, release) -> None:
-        from inference import separate_song  # imports Keras and the models: only once a song is sent
+        from runtime.chunking import separate_song  # imports Keras and the models: only once a song is sent
 
         try:
             job.state = "waiting"

@@ -82,11 +82,11 @@ class Version:
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
     def separator(self):
-        """This version as an ``inference.Separator`` for whole songs (the web page's jobs):
+        """This version as an ``runtime.separator.Separator`` for whole songs (the web page's jobs):
         the same loaded SavedModel as the REST API's, through its separate_windows signature."""
         with self._separator_lock:
             if self._separator is None:
-                from inference import saved_model_separator  # imports Keras and the models: only when a page needs it
+                from runtime.loading import saved_model_separator
                 self._separator = saved_model_separator(self.path, self.saved_model, self.facts)
             return self._separator
 

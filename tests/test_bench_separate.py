@@ -8,7 +8,8 @@ import pytest
 
 import bench.separate as bench
 from bench.separate import CLIP_RATE, BenchModel, Peer, measure, peer_rows, runtime_models, speed_rows
-from inference import load_separator, separate_song
+from runtime.chunking import separate_song
+from runtime.loading import load_separator
 from tests.test_separate import TINY, make_run_dir
 from tests.test_umt import TINY_FULL
 

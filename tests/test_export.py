@@ -13,9 +13,10 @@ import tensorflow as tf
 
 import export
 import separate
-from inference import MODEL_FACTS_FILE, load_separator, separate_song
 from models.waveunet import CONFIGS, WaveUNetConfig
-from serving_graph import resample_tf
+from runtime.chunking import separate_song
+from runtime.loading import MODEL_FACTS_FILE, load_separator
+from runtime.saved_model_graph import resample_tf
 from tests.test_separate import make_run_dir
 
 RATE = 8000

@@ -1,14 +1,15 @@
 """models/framing.py's TensorFlow tiler: cut into chunk-plan windows, run, stitch,
-the same samples as inference's numpy chunked path and as one pass over the song."""
+the same samples as runtime.chunking's numpy chunked path and as one pass over the song."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from inference import load_run, load_separator, separate_song
 from models.framing import ChunkPlan, frame_tf, stitch_tf
 from models.registry import ARCHITECTURES
 from models.waveunet import WaveUNetConfig, chunk_plan, context_length, input_length_for
+from runtime.chunking import separate_song
+from runtime.loading import load_run, load_separator
 from tests.test_separate import make_run_dir
 
 RATE = 8000

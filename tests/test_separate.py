@@ -1,4 +1,4 @@
-"""separate.py and inference.py: any rate, length and channel count in, the same out;
+"""separate.py and runtime/ (chunking, loading): any rate, length and channel count in, the same out;
 chunked equals one pass; bad files are named and skipped."""
 
 import numpy as np
@@ -7,10 +7,12 @@ import soundfile as sf
 
 import separate
 from data_pipeline.audio import load_audio
-from inference import Separator, SongSeparation, load_separator, separate_song
 from models.framing import ChunkPlan
 from models.waveunet import WaveUNetConfig, build_waveunet
-from run_directory import RunDirectory
+from runtime.chunking import separate_song, SongSeparation
+from runtime.loading import load_separator
+from runtime.run_directory import RunDirectory
+from runtime.separator import Separator
 
 TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference", channels=2,
                       sample_rate=8000, num_frames=1024)
@@ -232,14 +234,14 @@ def test_without_model_the_shipped_pretrained_model_is_used(tmp_path, capsys):
 
 
 def test_auto_precision_picks_bfloat16_only_where_the_hardware_computes_it(run_dir, tmp_path, monkeypatch):
-    import inference
+    from runtime import loading
 
-    monkeypatch.setattr(inference, "fast_bfloat16", lambda: True)
-    assert inference.resolve_precision("auto", run_dir) == "bfloat16"
-    assert inference.resolve_precision("float32", run_dir) == "float32"
+    monkeypatch.setattr(loading, "fast_bfloat16", lambda: True)
+    assert loading.resolve_precision("auto", run_dir) == "bfloat16"
+    assert loading.resolve_precision("float32", run_dir) == "float32"
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "saved_model.pb").touch()  # an exported model keeps its own precision
-    assert inference.resolve_precision("auto", tmp_path / "export") == "float32"
-    assert inference.resolve_precision("auto", tmp_path / "model.onnx") == "float32"
-    monkeypatch.setattr(inference, "fast_bfloat16", lambda: False)
-    assert inference.resolve_precision("auto", run_dir) == "float32"
+    assert loading.resolve_precision("auto", tmp_path / "export") == "float32"
+    assert loading.resolve_precision("auto", tmp_path / "model.onnx") == "float32"
+    monkeypatch.setattr(loading, "fast_bfloat16", lambda: False)
+    assert loading.resolve_precision("auto", run_dir) == "float32"

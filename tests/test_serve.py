@@ -363,8 +363,8 @@ def real_server(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory):
-    """The same export as an inference.Separator in this process."""
-    from inference import load_separator
+    """The same export as a runtime Separator in this process."""
+    from runtime.loading import load_separator
 
     return load_separator(export_shipped_model(tmp_path_factory) / "1")
 
@@ -378,7 +378,7 @@ def test_real_model_serving_default_matches_in_process_separation(real_server, i
     mix = np.random.default_rng(3).uniform(-0.3, 0.3, (1, 22050, 2)).astype(np.float32)
     response = real_server.post("/v1/models/wavesep:predict", {"inputs": {"waveform": mix.tolist()}})
     assert response.status_code == 200, response.text
-    from inference import separate_song
+    from runtime.chunking import separate_song
 
     expected = separate_song(in_process, mix[0], 22050)
     for source in ("vocals", "accompaniment"):
@@ -393,7 +393,7 @@ def test_client_round_trip_agrees_with_in_process_separation(real_server, in_pro
     the input's rate, channels and length, the chunks join without seams (against one
     separate_audio call on the whole file in this process), and the result agrees with
     separate_song (which resamples with soxr where the graph has its FFT resampler)."""
-    from inference import separate_song
+    from runtime.chunking import separate_song
 
     time_axis = np.arange(int(seconds * rate)) / rate
     noise = np.random.default_rng(4).standard_normal((len(time_axis), channels))

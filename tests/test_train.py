@@ -17,11 +17,11 @@ import soundfile as sf
 import train
 from data_pipeline.datasets import DatasetError, get_tracks
 from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset
-from inference import load_run
 from models.waveunet import WaveUNetConfig, input_length_for
-from run_directory import RunDirectory
-from training.metrics import best_gain_estimates
+from runtime.loading import load_run
+from runtime.run_directory import RunDirectory
 from tests.test_separate import TINY, make_run_dir
+from training.metrics import best_gain_estimates
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TINY_MODEL = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference",
@@ -414,7 +414,7 @@ import sys
 sys.modules["tensorflow"] = None  # as on a GPU host that has JAX and no TensorFlow
 import numpy as np
 import train
-from run_directory import RunDirectory
+from runtime.run_directory import RunDirectory
 model, history = train.train(*train.resolve_run(train.parse_args(["--resume", sys.argv[1]])))
 import keras
 best = keras.saving.load_model(RunDirectory(sys.argv[1]).checkpoint())  # what every tool loads

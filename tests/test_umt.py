@@ -32,7 +32,7 @@ from models.umt import (
     receptive_field,
     training_batch,
 )
-from run_directory import RunDirectory
+from runtime.run_directory import RunDirectory
 from tests.test_numpy_loader import run_without_tensorflow
 from tests.test_train import write_run
 from tests.test_wavenet import class_entropy

@@ -27,7 +27,7 @@ from models.wavenet import (
     receptive_field,
     sources_from_outputs,
 )
-from run_directory import RunDirectory
+from runtime.run_directory import RunDirectory
 from tests.test_numpy_loader import run_without_tensorflow
 from tests.test_train import write_run
 

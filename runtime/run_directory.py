@@ -1,4 +1,4 @@
-"""The layout of a run directory, in one place; train, inference, bench and tests use it.
+"""The layout of a run directory, in one place; train, the runtime, bench and tests use it.
 
     config.json        the resolved configuration (the model can be rebuilt from it)
     checkpoints/       best.keras (lowest validation loss) and last.keras; a shipped

@@ -11,7 +11,7 @@ with the signatures the exported SavedModel offers:
     separate_windows  windows float32 [n, input_length, channels] (chunk-plan windows,
                       the plan is in the facts) -> vocals, accompaniment
                       [n, output_length, channels]: one model call, what
-                      ``inference`` runs through its chunked path
+                      ``runtime.chunking`` runs through its chunked path
 
 Every tool loads an export through these signatures only, because that is all a
 TF-TRT conversion keeps (a frozen graph per signature, no Python attributes). The
@@ -29,8 +29,8 @@ import json
 import keras
 import tensorflow as tf
 
-from models.framing import ChunkPlan, frame_tf, stitch_tf
 from models.architecture import Architecture
+from models.framing import ChunkPlan, frame_tf, stitch_tf
 
 SIGNATURES = ("serving_default", "separate_audio", "separate_windows")
 
@@ -140,7 +140,7 @@ class SeparationModule(tf.Module):
 
     def _separate_in_input_channels(self, audio):
         """``[time, 1 or 2]`` at the model's rate -> (vocals, accompaniment) with the same channels,
-        as ``inference.Separator.separate_window`` does it: a mono model takes each
+        as ``runtime.separator.Separator.separate_window`` does it: a mono model takes each
         channel of a stereo song in turn; a stereo model hears a mono song on both
         channels and its outputs are averaged."""
         if self.channels == 1:
