@@ -1,0 +1,140 @@
+"""Running a separator over whole songs or streams: the one framing implementation
+that separate.py, evaluate.py, export and the server share.
+
+Each architecture's ``chunk_plan`` cuts a song into chunks whose kept outputs
+tile it while each chunk's input carries the context on both sides: the result
+is the same as one pass over the whole song, with bounded memory and no seams.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import soxr
+
+from models.architecture import SOURCES
+from models.framing import ChunkPlan
+from runtime.separator import Separator
+
+
+class _Fifo:
+    """Samples waiting to be matched with samples that another path produces later."""
+
+    def __init__(self, channels: int):
+        self.data = np.zeros((0, channels), np.float32)
+
+    def push(self, samples: np.ndarray) -> None:
+        self.data = np.concatenate([self.data, samples])
+
+    def pop(self, count: int) -> np.ndarray:
+        taken, self.data = self.data[:count], self.data[count:]
+        return taken
+
+
+class _ChunkRunner:
+    """Model-rate samples in, separated model-rate samples out, one chunk plan at a time.
+
+    Holds only the current chunk's input: the context before the song is silence,
+    and at the end the last chunk is completed with silence."""
+
+    def __init__(self, separator: Separator, plan: ChunkPlan, channels: int, progress=None):
+        self.separator, self.plan, self.progress = separator, plan, progress
+        self.buffer = np.zeros((plan.lead, channels), np.float32)
+        self.received = self.emitted = 0
+
+    def _run_chunk(self) -> dict:
+        window = self.buffer[:self.plan.input_length]
+        kept = slice(self.plan.keep_from, self.plan.keep_from + self.plan.stride)
+        estimates = self.separator.separate_window(window)
+        self.buffer = self.buffer[self.plan.stride:]
+        done = min(self.plan.stride, self.received - self.emitted)
+        self.emitted += done
+        if self.progress is not None:
+            self.progress(done)
+        return {source: estimate[kept][:done] for source, estimate in estimates.items()}
+
+    def push(self, samples: np.ndarray, last: bool = False) -> dict:
+        self.buffer = np.concatenate([self.buffer, samples])
+        self.received += len(samples)
+        pieces = []
+        while len(self.buffer) >= self.plan.input_length:
+            pieces.append(self._run_chunk())
+        while last and self.emitted < self.received:
+            shortfall = self.plan.input_length - len(self.buffer)
+            self.buffer = np.pad(self.buffer, [(0, max(0, shortfall)), (0, 0)])
+            pieces.append(self._run_chunk())
+        channels = self.buffer.shape[1]
+        return {source: np.concatenate([p[source] for p in pieces]) if pieces else np.zeros((0, channels), np.float32)
+                for source in SOURCES}
+
+
+class SongSeparation:
+    """Separates one song fed block by block at its own rate and channel count.
+
+    ``push`` returns whatever separated audio is ready, at the input's rate, the
+    same for both sources; memory holds about one chunk, whatever the song's
+    length, and the outputs end with exactly as many samples as were pushed. The
+    song is resampled to the model's rate (soxr streams, identical to one-shot
+    resampling) and the sources back. What that round trip loses goes to the
+    accompaniment: for a lower-rate model the band above its Nyquist frequency,
+    which it never hears; for a higher-rate one the top of the input's band, cut by
+    the resampling filters. So the outputs keep the input's full bandwidth, and a
+    difference-output model's sources add up to the input."""
+
+    def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
+                 progress=None):
+        model_rate = separator.sample_rate
+        plan = separator.chunk_plan(max(1, int(chunk_seconds * model_rate)))
+        self.runner = _ChunkRunner(separator, plan, channels, progress)
+        self.resampled = sample_rate != model_rate
+
+        def stream(from_rate, to_rate):
+            return soxr.ResampleStream(from_rate, to_rate, channels, dtype="float32", quality="HQ")
+
+        if self.resampled:
+            self.to_model = stream(sample_rate, model_rate)
+            self.to_input = {source: stream(model_rate, sample_rate) for source in SOURCES}
+            self.round_trip = stream(model_rate, sample_rate)  # the input as the model gets it, back at its rate
+            self.input_awaiting_round_trip = _Fifo(channels)
+            self.round_trip_loss = _Fifo(channels)  # input minus its round trip, waiting for the accompaniment
+
+    def push(self, block: np.ndarray, last: bool = False) -> dict:
+        block = np.asarray(block, np.float32)
+        if not self.resampled:
+            return self.runner.push(block, last=last)
+        model_input = self.to_model.resample_chunk(block, last=last)
+        self.input_awaiting_round_trip.push(block)
+        round_trip = self.round_trip.resample_chunk(model_input, last=last)
+        if last:  # the round trip may end a sample short of the input or beyond it
+            round_trip = fit_length(round_trip, len(self.input_awaiting_round_trip.data))
+        self.round_trip_loss.push(self.input_awaiting_round_trip.pop(len(round_trip)) - round_trip)
+        estimates = {s: self.to_input[s].resample_chunk(e, last=last)
+                     for s, e in self.runner.push(model_input, last=last).items()}
+        if last:  # the same rounding as the round trip: end exactly where the input ends
+            estimates = {s: fit_length(e, len(self.round_trip_loss.data)) for s, e in estimates.items()}
+        # Both paths resample the same model-rate samples, the sources later: the loss is always ready first.
+        estimates["accompaniment"] += self.round_trip_loss.pop(len(estimates["accompaniment"]))
+        return estimates
+
+
+def separate_song(separator: Separator, audio: np.ndarray, sample_rate: int, chunk_seconds: float = 30.0,
+                  progress=None) -> dict:
+    """Separates a whole song held in memory; sources have exactly the input's shape."""
+    estimates = SongSeparation(separator, sample_rate, audio.shape[1], chunk_seconds, progress).push(audio, last=True)
+    return {s: fit_length(e, len(audio)) for s, e in estimates.items()}
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for a duration that must be above zero (``--chunk-seconds``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def fit_length(signal: np.ndarray, length: int) -> np.ndarray:
+    """Cuts or zero-pads to ``length`` samples (resampling may round by a sample)."""
+    return np.pad(signal[:length], [(0, max(0, length - len(signal))), (0, 0)])
