@@ -19,8 +19,9 @@ def test_tiny_generation_bench_prints_its_rows(capsys):
         assert float(ratio) > 0 and float(ratio_from_silence) > 0
         assert same == "yes"
     # At 2x10 (a field of 2048 samples) the naive generator reruns the decoder over the whole
-    # field every step: measured 30x slower over a full field, 2x over its first steps.
-    assert float(depth_rows["2x10"][5]) > 3 and float(depth_rows["2x10"][6]) > 1, output
+    # field every step: measured 16-33x slower over a full field (0.9-2.3x over its first
+    # steps, where its window is still short: not asserted).
+    assert float(depth_rows["2x10"][5]) > 3, output
     assert "grows with depth:" in output
     # 0.1 s at 16 kHz as 0.05 s segments: a batch of 2 x 800 steps, then batch 1 over 1600 (40 timed).
     realtime_rows = re.findall(r"^small-full\s+1x10\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)x\s+(.*)$", output, re.MULTILINE)

@@ -6,6 +6,7 @@ import re
 
 import httpx
 import numpy as np
+import pytest
 
 import bench.serve as bench
 from serve.client import wav_bytes
@@ -52,6 +53,7 @@ def test_a_non_4xx_for_a_bad_request_or_a_failed_good_one_is_a_failure():
     assert re.search(r"malformed +\(all\) +2 .* 400: 1, 500: 1 +FAILED 1", table)
 
 
+@pytest.mark.slow  # a minute on 2 cores; the bench itself is run by hand
 def test_the_mixed_phase_passes_against_the_shipped_model(tmp_path_factory, capsys):
     """60 requests (51 good, 6 malformed, 3 too big) and 2 + 2 uploads: about 40 s on 2 busy cores,
     plus the shipped model's export (about 25 s) unless another serve test made it already."""

@@ -261,10 +261,10 @@ def test_a_half_copied_version_fails_shows_its_error_and_loads_once_complete(sta
     (base / "2").mkdir()
     shutil.copy2(tmp_path / "2" / "saved_model.pb", base / "2" / "saved_model.pb")
     deadline = time.monotonic() + 30
-    while status_of(server, 2).get("state") != "END":
+    while (state := status_of(server, 2)).get("state") != "END":  # between retries (LOADING while one runs)
         assert time.monotonic() < deadline, server.log()
-        time.sleep(0.2)
-    failed = status_of(server, 2)["status"]
+        time.sleep(0.1)
+    failed = state["status"]
     assert failed["error_code"] == "UNKNOWN" and "version 2" in failed["error_message"], failed
     response = server.post("/v1/models/tiny:predict", {"instances": MIX[:1].tolist()})
     assert response.status_code == 200  # version 1 still answers
@@ -283,7 +283,7 @@ def test_versions_come_and_go_under_concurrent_load_without_a_failed_request(tmp
     save_stand_in(base, 1, 0.5)
     server = Server(base, "tiny", tmp_path / "server.log", "--poll-seconds", "0.2")
     server.wait_for({1})
-    stop = time.monotonic() + 10
+    stop = time.monotonic() + 7
     body = {"instances": MIX[:1].tolist()}
 
     def keep_asking() -> list:
@@ -349,19 +349,19 @@ def check_answer(response: httpx.Response) -> None:
         assert isinstance(response.json()["error"], str)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=BODIES)
 def test_random_json_bodies_never_get_a_5xx(fuzz_server, body):
     check_answer(fuzz_server.post("/v1/models/tiny:predict", body))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_mutated_wav_bytes_never_get_a_5xx(fuzz_server, data):
     check_answer(fuzz_server.post("/v1/models/tiny:predict", audio_request(mutated_wav(data))))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=st.binary(max_size=300))
 def test_raw_bytes_as_a_body_never_get_a_5xx(fuzz_server, raw):
     check_answer(fuzz_server.post("/v1/models/tiny:predict", raw))
