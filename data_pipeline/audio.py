@@ -70,27 +70,44 @@ def audio_info(path) -> AudioInfo:
     return AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
 
 
-def _wav_data_sizes(path: Path) -> tuple[int, int] | None:
-    """(bytes the RIFF header announces for 'data', bytes the file holds after it),
-    or None when the file is not RIFF. libsndfile silently shortens a cut-off WAV
-    to what is there; comparing the two finds the cut."""
-    with open(path, "rb") as file:
-        if file.read(4) != b"RIFF":
-            return None
-        file.seek(12)
-        while len(header := file.read(8)) == 8:
-            chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
-            if chunk_id == b"data":
-                return size, path.stat().st_size - file.tell()
-            file.seek(size + (size & 1), os.SEEK_CUR)
+@dataclass(frozen=True)
+class WavLayout:
+    """What a RIFF file's chunk headers say, read without its samples."""
+
+    sample_rate: int | None  # from a fmt chunk before the data chunk (None without one)
+    byte_rate: int | None
+    data_bytes: int  # what the data chunk's header announces
+    data_present: int  # what the file holds after that header
+
+
+def wav_layout(file) -> WavLayout | None:
+    """The layout of a RIFF file (a seekable binary file object), or None when it is not
+    RIFF or has no data chunk. libsndfile silently shortens a cut-off WAV to what is there,
+    and a header's length can be a lie: comparing ``data_bytes`` with ``data_present`` finds both."""
+    end = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    if file.read(4) != b"RIFF":
+        return None
+    file.seek(12)
+    sample_rate = byte_rate = None
+    while len(header := file.read(8)) == 8:
+        chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
+        if chunk_id == b"data":
+            return WavLayout(sample_rate, byte_rate, size, end - file.tell())
+        body = file.read(16) if chunk_id == b"fmt " and size >= 16 else b""
+        if len(body) == 16:
+            sample_rate, byte_rate = int.from_bytes(body[4:8], "little"), int.from_bytes(body[8:12], "little")
+        file.seek(size + (size & 1) - len(body), os.SEEK_CUR)
     return None
 
 
 def _check_not_truncated_wav(path: Path) -> None:
-    sizes = _wav_data_sizes(path)
+    with open(path, "rb") as file:
+        layout = wav_layout(file)
     # 0xFFFFFFFF marks a streamed WAV whose length was never filled in.
-    if sizes is not None and sizes[0] != 0xFFFFFFFF and sizes[0] > sizes[1]:
-        raise AudioError(path, f"truncated: header announces {sizes[0]} data bytes, file holds {sizes[1]}")
+    if layout is not None and layout.data_bytes != 0xFFFFFFFF and layout.data_bytes > layout.data_present:
+        raise AudioError(path, f"truncated: header announces {layout.data_bytes} data bytes, "
+                               f"file holds {layout.data_present}")
 
 
 def open_audio(path) -> AudioInfo:

@@ -7,7 +7,8 @@ REST requests and page jobs alike (a page job's decoding included): the rest wai
 turn instead of thrashing the cores or the memory, at most ``max_waiting`` of them;
 further ones are answered 429 before their bodies are read. Request bodies over
 ``max_request_bytes`` are refused with 413 before they are read whole; songs over
-``max_song_seconds`` with 400 before they are decoded (serve/upload.py). Every answer but success is TF Serving's ``{"error": "..."}``:
+``max_song_seconds`` with 400 before they are decoded (serve/upload.py). Every answer
+but success is TF Serving's ``{"error": "..."}``:
 4xx for the client's mistakes (Starlette's own refusals included), 500 for the server's.
 One line per request goes to the ``serve.access`` log.
 """
@@ -194,11 +195,11 @@ def run_predict(version, body: bytes, limits: UploadLimits) -> bytes:
     document = rest.parse_body(body)
     signature = rest.signature_name(document)
     inputs, row = rest.request_inputs(document, version.input_specs(signature))
-    check_duration(version, signature, inputs, limits)
+    check_duration(version, inputs, limits)
     return rest.response_body(version.call(signature, inputs), row)
 
 
-def check_duration(version, signature: str, inputs: dict, limits: UploadLimits) -> None:
+def check_duration(version, inputs: dict, limits: UploadLimits) -> None:
     """Songs longer than the limit are refused before the graph runs: WAV bytes by their
     headers, waveforms at the model's rate by their length."""
     try:
@@ -272,7 +273,6 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
             async with work.slots:
                 job.state = "decoding"
                 audio, rate = await run_in_threadpool(decode_upload, path, job.filename, limits)
-                path.unlink()
                 version = repository.get(repository.name)
                 separator = await run_in_threadpool(version.separator)
                 job.facts = {"sample_rate": rate, "channels": audio.shape[1], "seconds": len(audio) / rate,
@@ -289,10 +289,10 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
                 # 10 s chunks rather than separate.py's 30: the page's progress bar moves more often.
                 estimates = await run_in_threadpool(separate_song, separator, audio, rate, chunk_seconds=10,
                                                     progress=progress)
-                del audio
-                for source, estimate in estimates.items():
-                    await run_in_threadpool(write_wav, job.folder / f"{source}.wav", estimate, rate)
-                    job.peaks[source] = envelope(estimate)
+            del audio
+            for source, estimate in estimates.items():  # file writing: no model slot needed
+                await run_in_threadpool(write_wav, job.folder / f"{source}.wav", estimate, rate)
+                job.peaks[source] = envelope(estimate)
             job.state, job.progress = "done", 1.0
         except (AudioError, RestError) as error:
             job.state, job.error = "error", str(error)

@@ -15,6 +15,7 @@ at most ``max_seconds`` of audio at ``MAX_SAMPLE_RATE`` on two channels.
 """
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from data_pipeline.audio import MAX_CHANNELS, AudioError, AudioInfo, read_blocks, validate_audio
+from data_pipeline.audio import MAX_CHANNELS, AudioError, AudioInfo, read_blocks, validate_audio, wav_layout
 
 # ffmpeg demuxers that read the one file they are given: the formats of songs and of videos'
 # sound. Playlists (hls, dash), concat, image2, tee, lavfi and the like are not on it.
@@ -177,19 +178,11 @@ def wav_header(data: bytes) -> tuple[int, float] | None:
     """``(sample rate, seconds)`` as a RIFF/WAVE file's header announces them (the data
     chunk's size, or the bytes after it when the file is shorter), or None when ``data``
     is not a WAV with fmt and data chunks (the decoder then says what is wrong)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    layout = wav_layout(io.BytesIO(data)) if data[8:12] == b"WAVE" else None
+    if layout is None or layout.sample_rate is None:
         return None
-    position, rate, byte_rate = 12, None, None
-    while position + 8 <= len(data):
-        chunk, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
-        body = position + 8
-        if chunk == b"fmt " and size >= 16 and body + 16 <= len(data):
-            rate = int.from_bytes(data[body + 4:body + 8], "little")
-            byte_rate = int.from_bytes(data[body + 8:body + 12], "little")
-        elif chunk == b"data" and rate is not None:
-            return rate, (min(size, len(data) - body) / byte_rate if byte_rate else float("inf"))
-        position = body + size + (size & 1)
-    return None
+    present = min(layout.data_bytes, layout.data_present)
+    return layout.sample_rate, present / layout.byte_rate if layout.byte_rate else float("inf")
 
 
 def check_wav_bytes(data: bytes, name: str, limits: UploadLimits) -> None:
