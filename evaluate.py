@@ -20,23 +20,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_pipeline.audio import AudioError  # noqa: E402
-from data_pipeline.datasets import DATASETS, SPLITS, SyntheticOptions, get_tracks, load_track, \
-    native_sample_rate  # noqa: E402
+from data_pipeline.datasets import DATASETS, SPLITS, SyntheticOptions, get_tracks  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
-from runtime.chunking import positive_seconds, separate_song  # noqa: E402
-from runtime.loading import is_exported, load_separator  # noqa: E402
-from training.metrics import best_gain_estimates  # noqa: E402
-
-METRICS = ("SDR", "SIR", "SAR")
-SYSTEMS = ("model", "best_gain_baseline", "mixture")
-SYSTEM_LABELS = {"model": "model", "best_gain_baseline": "best-g", "mixture": "mix"}
-# DatasetError is a ValueError; decoders report some broken files as RuntimeError.
-TRACK_LOAD_ERRORS = (AudioError, ValueError, RuntimeError)
+from runtime.chunking import positive_seconds  # noqa: E402
+from runtime.loading import load_separator  # noqa: E402
+from runtime.scoring import default_json_path, format_header, format_row, format_summary, score_tracks, \
+    summary  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,89 +58,6 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-def exported_model_name(path) -> str:
-    """A file-name-safe name of an exported model: <base>-<version> for a SavedModel version
-    folder (export/x/1 -> x-1), <base>-<version>-onnx for its model.onnx (another .onnx file
-    in it: <base>-<version>-<file stem>)."""
-    path = Path(path).resolve()
-    if path.suffix == ".onnx":
-        parts = [path.parent.parent.name, path.parent.name, "onnx" if path.stem == "model" else path.stem]
-    else:
-        parts = [path.parent.name, path.name]
-    return "-".join(part for part in parts if part)
-
-
-def default_json_path(model, dataset: str, split: str) -> Path:
-    """Where the scores go without --json: into a run directory, but never into an exported
-    model's version folder (a model server watches it) nor, for a model.onnx, into a file
-    path: into the current folder, named after the export."""
-    if is_exported(model):
-        return Path.cwd() / f"evaluation-{exported_model_name(model)}-{dataset}-{split}.json"
-    return Path(model) / f"evaluation-{dataset}-{split}.json"
-
-
-def bss_scores(references: dict, estimates: dict, sample_rate: int) -> dict:
-    """Per-source median over 1 s windows of BSSEval v4 SDR/SIR/SAR (NaN windows, e.g.
-    silent references, are skipped as in SiSEC)."""
-    import museval  # imported lazily: slow to import
-
-    stacked_references = np.stack([references[s] for s in SOURCES])
-    stacked_estimates = np.stack([estimates[s] for s in SOURCES])
-    sdr, _, sir, sar = museval.evaluate(stacked_references, stacked_estimates, win=sample_rate, hop=sample_rate)
-    return {source: {name: float(np.nanmedian(values[index])) for name, values in zip(METRICS, (sdr, sir, sar))}
-            for index, source in enumerate(SOURCES)}
-
-
-def load_track_audio(track) -> tuple[dict, int]:
-    sample_rate = native_sample_rate(track)
-    return load_track(track, sample_rate), sample_rate
-
-
-def evaluate_track(separator, audio: dict, sample_rate: int, chunk_seconds: float) -> dict:
-    """Scores of the model and of the two no-separation systems on one track, the
-    least-squares gains of the best-gain baseline and the model's SDR gain over it."""
-    references = {source: audio[source] for source in SOURCES}
-    best_gain, gains = best_gain_estimates(audio["mixture"], references)
-    estimates = {"model": separate_song(separator, audio["mixture"], sample_rate, chunk_seconds=chunk_seconds),
-                 "best_gain_baseline": best_gain,
-                 "mixture": {source: audio["mixture"] for source in SOURCES}}
-    scores = {system: bss_scores(references, estimates[system], sample_rate) for system in SYSTEMS}
-    scores["least_squares_gains"] = gains
-    scores["sdr_gain_over_best_gain_baseline"] = {
-        source: scores["model"][source]["SDR"] - scores["best_gain_baseline"][source]["SDR"] for source in SOURCES}
-    return scores
-
-
-def medians(per_track: dict) -> dict:
-    return {system: {source: {metric: float(np.nanmedian([t[system][source][metric] for t in per_track.values()]))
-                              for metric in METRICS} for source in SOURCES}
-            for system in SYSTEMS}
-
-
-def median_gains(per_track: dict) -> dict:
-    return {source: float(np.nanmedian([t["sdr_gain_over_best_gain_baseline"][source] for t in per_track.values()]))
-            for source in SOURCES}
-
-
-def format_header() -> str:
-    sources = " ".join(f"{source + ' SDR':^20s}" for source in SOURCES)
-    systems = " ".join(f"{SYSTEM_LABELS[system]:>6s}" for _ in SOURCES for system in SYSTEMS)
-    return f"{'track':40s} {sources}\n{'':40s} {systems}"
-
-
-def format_row(name: str, scores: dict) -> str:
-    cells = [f"{scores[system][source]['SDR']:6.2f}" for source in SOURCES for system in SYSTEMS]
-    details = "  ".join(f"{source[:5]} SIR {scores['model'][source]['SIR']:6.2f} SAR {scores['model'][source]['SAR']:6.2f}"
-                        for source in SOURCES)
-    return f"{name[:40]:40s} " + " ".join(cells) + "   " + details
-
-
-def format_summary(source: str, summary: dict, gain: float) -> str:
-    return (f"{source}: model median SDR {summary['model'][source]['SDR']:.2f} dB, best-gain baseline "
-            f"{summary['best_gain_baseline'][source]['SDR']:.2f} dB, gain over best-gain baseline {gain:+.2f} dB "
-            f"(median per track); plain mixture {summary['mixture'][source]['SDR']:.2f} dB")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     destination = Path(args.json) if args.json else default_json_path(args.model, args.dataset, args.split)
@@ -169,21 +78,13 @@ def main(argv=None) -> int:
     print(f"Scoring {separator.source} ({args.precision}) on {len(tracks)} {args.dataset} {args.split} tracks "
           f"(BSSEval v4, 1 s windows)")
     print(format_header())
-    per_track, skipped = {}, []
-    for track in tqdm(tracks, desc="tracks", leave=False):
-        try:
-            audio, sample_rate = load_track_audio(track)
-        except TRACK_LOAD_ERRORS as error:
-            skipped.append({"track": track.name, "reason": str(error)})
-            tqdm.write(f"error: track {track.name}: {error} (skipped)", file=sys.stderr)
-            continue
-        per_track[track.name] = evaluate_track(separator, audio, sample_rate, args.chunk_seconds)
-        tqdm.write(format_row(track.name, per_track[track.name]))
+    per_track, skipped = score_tracks(
+        separator, tqdm(tracks, desc="tracks", leave=False), args.chunk_seconds,
+        on_scored=lambda name, scores: tqdm.write(format_row(name, scores)),
+        on_skipped=lambda name, error: tqdm.write(f"error: track {name}: {error} (skipped)", file=sys.stderr))
     report = {"model": separator.source, "dataset": args.dataset, "split": args.split, "precision": args.precision,
-              "tracks": per_track, "skipped": skipped}
+              "tracks": per_track, "skipped": skipped, **summary(per_track)}
     if per_track:
-        report["median"] = medians(per_track)
-        report["median_sdr_gain_over_best_gain_baseline"] = median_gains(per_track)
         print(format_row("MEDIAN", report["median"]))
         for source in SOURCES:
             print(format_summary(source, report["median"], report["median_sdr_gain_over_best_gain_baseline"][source]))

@@ -57,14 +57,14 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import evaluate  # noqa: E402
 from data_pipeline.datasets import get_tracks  # noqa: E402
-from export import ONNX_FILE, export_run  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
+from runtime import scoring  # noqa: E402
 from runtime.chunking import positive_seconds, separate_song  # noqa: E402
+from runtime.export import ONNX_FILE, export_run  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL, load_separator  # noqa: E402
-from runtime.run_directory import RunDirectory  # noqa: E402
+from runtime.run_directory import RunConfig, RunDirectory  # noqa: E402
 from runtime.separator import Separator  # noqa: E402
 
 WAVEUNET = ARCHITECTURES["waveunet"]
@@ -122,7 +122,7 @@ class BenchModel:
     def of_run(cls, run_dir: Path) -> "BenchModel":
         """The model a run directory describes."""
         run = RunDirectory(run_dir).read_config()
-        return cls(run["arch"], run.get("config_name"), ARCHITECTURES[run["arch"]].config_from_dict(run["model"]))
+        return cls(run.arch, run.config_name, ARCHITECTURES[run.arch].config_from_dict(run.model))
 
     @property
     def architecture(self):
@@ -386,7 +386,7 @@ def peak_rss_of_long_separation(minutes: float, model_dir: Path, scratch: Path) 
 def save_random_run(model: BenchModel, folder: Path) -> Path:
     """A run directory of ``model`` with random weights, as ``load_separator`` and export.py read it."""
     run_directory = RunDirectory(folder)
-    run_directory.write_config({"arch": model.arch, "config_name": model.name, "model": model.config.to_dict()})
+    run_directory.write_config(RunConfig(arch=model.arch, config_name=model.name, model=model.config.to_dict()))
     run_directory.checkpoints.mkdir()
     model.architecture.build(model.config).save(run_directory.last_checkpoint)
     return folder
@@ -397,16 +397,16 @@ def quality(runtimes: list, data_root: Path, chunk_seconds: float, scratch: Path
     if not data_root.is_dir():
         print(f"Quality: skipped, no MUSDB18 previews at {data_root}")
         return
-    valid = [evaluate.load_track_audio(track) for track in get_tracks("musdb", "valid", data_root=data_root)]
+    valid = [scoring.load_track_audio(track) for track in get_tracks("musdb", "valid", data_root=data_root)]
     calibration_tracks = get_tracks("musdb", "train", data_root=data_root)[:CALIBRATION_SONGS]
-    calibration = [(audio["mixture"], rate) for audio, rate in map(evaluate.load_track_audio, calibration_tracks)]
+    calibration = [(audio["mixture"], rate) for audio, rate in map(scoring.load_track_audio, calibration_tracks)]
     print(f"Quality of {PRETRAINED_MODEL.name} on the {len(valid)} MUSDB18 validation previews (median SDR over "
           f"tracks, BSSEval v4; int8 calibrated on {CALIBRATION_SONGS} training previews)")
     print(f"{'runtime':18s} {'vocals':>8s} {'Δ':>7s} {'accomp.':>8s} {'Δ':>7s}  within {SDR_TOLERANCE} dB")
     reference = None
     for runtime, model in runtime_models(PRETRAINED_MODEL, scratch / "shipped", runtimes, calibration).items():
         separator = load_separator(*model)
-        scores = [evaluate.bss_scores(audio, separate_song(separator, audio["mixture"], rate, chunk_seconds), rate)
+        scores = [scoring.bss_scores(audio, separate_song(separator, audio["mixture"], rate, chunk_seconds), rate)
                   for audio, rate in valid]
         sdr = {source: float(np.nanmedian([track[source]["SDR"] for track in scores])) for source in SOURCES}
         reference = reference or sdr

@@ -61,8 +61,9 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from export import export_run  # noqa: E402
-from runtime.loading import MODEL_FACTS_FILE, PRETRAINED_MODEL  # noqa: E402
+from runtime.export import export_run  # noqa: E402
+from runtime.loading import PRETRAINED_MODEL  # noqa: E402
+from runtime.model_facts import ModelFacts  # noqa: E402
 from serve.client import wav_bytes  # noqa: E402
 from serve.upload import wav_header  # noqa: E402
 
@@ -450,7 +451,7 @@ def main(argv=None) -> int:
         else:
             base = folder / "wavesep"
             version = export_run(args.model, base, log=lambda message: None)
-        rate = json.loads((version / "assets" / MODEL_FACTS_FILE).read_text())["sample_rate"]
+        rate = ModelFacts.read(version).sample_rate
         print(f"{os.cpu_count()} CPU cores; phases: {','.join(args.phases)}")
 
         if "latency" in args.phases or "load" in args.phases:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import soxr
 
 from models.architecture import SOURCES
 from models.framing import ChunkPlan
+from runtime.resampling import ResampleStream
 from runtime.separator import Separator
 
 
@@ -74,11 +74,12 @@ class SongSeparation:
     ``push`` returns whatever separated audio is ready, at the input's rate, the
     same for both sources; memory holds about one chunk, whatever the song's
     length, and the outputs end with exactly as many samples as were pushed. The
-    song is resampled to the model's rate (soxr streams, identical to one-shot
-    resampling) and the sources back. What that round trip loses goes to the
+    song is resampled to the model's rate and the sources back by the one
+    resampling rule, the exported graph's too (``runtime.resampling``, streamed:
+    identical to resampling the whole song). What that round trip loses goes to the
     accompaniment: for a lower-rate model the band above its Nyquist frequency,
-    which it never hears; for a higher-rate one the top of the input's band, cut by
-    the resampling filters. So the outputs keep the input's full bandwidth, and a
+    which it never hears, and the band edge below it; for a higher-rate one the
+    input's band edge. So the outputs keep the input's full bandwidth, and a
     difference-output model's sources add up to the input."""
 
     def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
@@ -89,7 +90,7 @@ class SongSeparation:
         self.resampled = sample_rate != model_rate
 
         def stream(from_rate, to_rate):
-            return soxr.ResampleStream(from_rate, to_rate, channels, dtype="float32", quality="HQ")
+            return ResampleStream(from_rate, to_rate, channels)
 
         if self.resampled:
             self.to_model = stream(sample_rate, model_rate)

@@ -4,7 +4,6 @@ Runtime), each as a ``Separator``; the precision a model runs in."""
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from models.registry import ARCHITECTURES, build_in_precision
+from runtime.model_facts import ModelFacts
 from runtime.run_directory import RunDirectory
 from runtime.separator import Separator, keras_separator
-
-
-# export.py writes the model's facts under this name in a SavedModel's assets.
-MODEL_FACTS_FILE = "model.json"
 
 
 # The model separate.py (and bench) use when none is named; see its model card.
@@ -73,28 +69,28 @@ def load_run(path, precision: str = "float32") -> LoadedRun:
     bfloat16's ~3 significant digits."""
     run_directory = RunDirectory(path)
     run = run_directory.read_config()
-    architecture = ARCHITECTURES[run["arch"]]
-    config = architecture.config_from_dict(run["model"])
+    architecture = ARCHITECTURES[run.arch]
+    config = architecture.config_from_dict(run.model)
     model = build_in_precision(architecture.build, config, precision)
     checkpoint = run_directory.load_weights(model)
-    return LoadedRun(model, run["arch"], config, checkpoint)
+    return LoadedRun(model, run.arch, config, checkpoint)
 
 
-def _separator_from_facts(forward, facts: dict, source: str, runtime: str) -> Separator:
-    """A Separator for an exported model, whose facts (written by export.py) name its
+def _separator_from_facts(forward, facts: ModelFacts, source: str, runtime: str) -> Separator:
+    """A Separator for an exported model, whose facts (written by the export) name its
     architecture and config: the registry gives the chunk plan."""
-    architecture = ARCHITECTURES[facts["arch"]]
-    config = architecture.config_from_dict(facts["model"])
+    architecture = ARCHITECTURES[facts.arch]
+    config = architecture.config_from_dict(facts.model)
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
                      chunk_plan=functools.partial(architecture.chunk_plan, config), source=source,
-                     description=f"{facts['arch']} ({runtime})")
+                     description=f"{facts.arch} ({runtime})")
 
 
 # The signature of an exported SavedModel that runs one model call on chunk-plan windows.
 WINDOWS_SIGNATURE = "separate_windows"
 
 
-def saved_model_separator(version_dir: Path, loaded=None, facts: dict | None = None) -> Separator:
+def saved_model_separator(version_dir: Path, loaded=None, facts: ModelFacts | None = None) -> Separator:
     """An exported SavedModel version folder through its ``separate_windows`` signature:
     signatures are all that every export keeps (a TF-TRT conversion saves nothing else).
 
@@ -102,7 +98,7 @@ def saved_model_separator(version_dir: Path, loaded=None, facts: dict | None = N
     facts, so that a server holds one copy of each version for every use."""
     version_dir = Path(version_dir)
     if facts is None:
-        facts = json.loads((version_dir / "assets" / MODEL_FACTS_FILE).read_text())
+        facts = ModelFacts.read(version_dir)
     if loaded is None:
         loaded = tf.saved_model.load(str(version_dir))
     if WINDOWS_SIGNATURE not in loaded.signatures:
@@ -129,7 +125,8 @@ def onnx_separator(path: Path) -> Separator:
     def run(mix: np.ndarray) -> dict:
         return dict(zip(output_names, session.run(None, {input_name: mix})))
 
-    return _separator_from_facts(run, json.loads(properties["wavesep"]), str(path), "ONNX Runtime")
+    return _separator_from_facts(run, ModelFacts.from_json(properties["wavesep"], source=str(path)), str(path),
+                                 "ONNX Runtime")
 
 
 def load_separator(path, precision: str = "float32") -> Separator:

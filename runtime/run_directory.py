@@ -1,6 +1,8 @@
 """The layout of a run directory, in one place; train, the runtime, bench and tests use it.
 
-    config.json        the resolved configuration (the model can be rebuilt from it)
+    config.json        the resolved configuration (the model can be rebuilt from it): a
+                       ``RunConfig``, read by ``RunDirectory.read_config`` and written by
+                       ``RunDirectory.write_config`` only
     checkpoints/       best.keras (lowest validation loss) and last.keras; a shipped
                        model may hold only best.float16.npz (its weights stored in
                        float16, loaded as float32: half the size)
@@ -12,10 +14,56 @@ Needs only Keras, so a run trained on any backend loads with every tool.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# config.json's keys, in the order they are written.
+CONFIG_KEYS = ("arch", "config_name", "model", "data", "training")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's config.json: the architecture's name, the named config (``config_name``, e.g.
+    ``small``), the architecture's config (``model``, its ``to_dict()``, from which the model
+    is rebuilt), the training data (``data``: dataset, data_root, mix_weights, select_on,
+    cache_dir, synthetic_songs) and the training settings (``training``: steps, batch_size,
+    learning_rate, ..., init_from). A run made by hand (a test's, a benchmark's) may lack
+    ``config_name``, ``data`` and ``training``; they are then None and left out of the file.
+
+    ``run["training"]`` reads a section by its name in the file, as code written against
+    the plain dict does."""
+
+    arch: str
+    model: dict
+    config_name: str | None = None
+    data: dict | None = None
+    training: dict | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping, source: str = "config.json") -> "RunConfig":
+        """From config.json's layout (keys other than ``CONFIG_KEYS`` are ignored)."""
+        missing = [key for key in ("arch", "model") if key not in raw]
+        if missing:
+            raise ValueError(f"{source}: no {' or '.join(repr(key) for key in missing)}")
+        return cls(arch=raw["arch"], model=raw["model"], config_name=raw.get("config_name"), data=raw.get("data"),
+                   training=raw.get("training"))
+
+    @classmethod
+    def of(cls, run: "RunConfig | Mapping") -> "RunConfig":
+        """``run`` itself, or a dict in config.json's layout as a RunConfig."""
+        return run if isinstance(run, cls) else cls.from_dict(run)
+
+    def to_dict(self) -> dict:
+        """config.json's layout, without the sections that are None."""
+        return {key: getattr(self, key) for key in CONFIG_KEYS if getattr(self, key) is not None}
+
+    def __getitem__(self, key: str):
+        if key not in CONFIG_KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 @dataclass(frozen=True)
@@ -53,14 +101,16 @@ class RunDirectory:
     def logs(self) -> Path:
         return self.path / "logs"
 
-    def read_config(self) -> dict:
+    def read_config(self) -> RunConfig:
+        """config.json's reader: every tool reads a run's configuration through it."""
         if not self.config_file.is_file():
             raise FileNotFoundError(f"{self.path}: not a run directory (no config.json)")
-        return json.loads(self.config_file.read_text())
+        return RunConfig.from_dict(json.loads(self.config_file.read_text()), source=str(self.config_file))
 
-    def write_config(self, run: dict) -> None:
+    def write_config(self, run: RunConfig | Mapping) -> None:
+        """config.json's writer; ``run`` may also be a dict in its layout (a run made by hand)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(json.dumps(run, indent=2))
+        self.config_file.write_text(json.dumps(RunConfig.of(run).to_dict(), indent=2))
 
     def checkpoint(self) -> Path:
         """The best checkpoint, else the last one, else the float16 copy of the best."""

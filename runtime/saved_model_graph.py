@@ -19,54 +19,70 @@ module also holds ``forward`` (the same call as separate_windows, what the ONNX 
 holds) and ``model_facts`` (the facts as a JSON string, traced with them as its
 argument so that ``saved_model_cli show --all`` prints them). Framing is
 ``models.framing``'s ``frame_tf``/``stitch_tf`` with the architecture's
-``ChunkPlan``: the same windows as separate.py's chunked path. Core TF ops only,
-so a stock TF Serving binary runs it.
+``ChunkPlan``: the same windows as separate.py's chunked path. Resampling
+(``resample_tf``) and songs whose channels are not the model's follow
+``runtime.resampling`` and ``runtime.channels``, the numpy path's rules too. Core TF
+ops only, so a stock TF Serving binary runs it.
 """
 from __future__ import annotations
 
 import json
 
 import keras
+import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
 from models.architecture import Architecture
 from models.framing import ChunkPlan, frame_tf, stitch_tf
+from runtime import resampling
+from runtime.channels import channel_rule, into_model, out_of_model
 
 SIGNATURES = ("serving_default", "separate_audio", "separate_windows")
 
 
 def resample_tf(signal, from_rate, to_rate):
     """``[time, channels]`` from one sample rate to another (rates may be run-time
-    tensors): an ideal low-pass (FFT) resampler over the whole signal.
-
-    The signal is zero-padded at its end to a whole number of seconds plus at least
-    0.1 s, so the FFT's periodic extension puts silence on both sides of the song,
-    and both lengths are exact multiples of their rates (no time stretch). The
-    output has ``ceil(time * to_rate / from_rate)`` samples."""
+    tensors) by the one resampling rule, ``runtime.resampling``'s (see there): the
+    same windows, band edge and lengths as its numpy ``resample``, to float32
+    rounding. The output has ``ceil(time * to_rate / from_rate)`` samples."""
     from_rate = tf.cast(from_rate, tf.int32)
     to_rate = tf.cast(to_rate, tf.int32)
     return tf.cond(from_rate == to_rate, lambda: tf.identity(signal),
                    lambda: _fft_resample(signal, from_rate, to_rate))
 
 
+def _band_gain(frequencies, from_rate, to_rate):
+    """``runtime.resampling.band_gain`` in TensorFlow (float64)."""
+    nyquist = tf.cast(tf.minimum(from_rate, to_rate), tf.float64) / 2
+    edge = (1 - resampling.ROLLOFF) * nyquist
+    position = tf.clip_by_value((frequencies - edge) / (nyquist - edge), 0.0, 1.0)
+    return 0.5 + 0.5 * tf.cos(np.pi * position)
+
+
 def _fft_resample(signal, from_rate, to_rate):
+    segment, context = resampling.SEGMENT_SECONDS, resampling.CONTEXT_SECONDS
+    seconds = segment + 2 * context
     length = tf.shape(signal)[0]
-    seconds = (length + from_rate // 10 + from_rate - 1) // from_rate + 1
-    padded_in, padded_out = seconds * from_rate, seconds * to_rate
-    by_channel = tf.transpose(tf.pad(signal, [[0, padded_in - length], [0, 0]]))
-    spectrum = tf.signal.rfft(by_channel)
-    bins_out = padded_out // 2 + 1
-    kept = tf.minimum(tf.shape(spectrum)[1], bins_out)
-    # Downsampling: the bins above the new Nyquist frequency are dropped. The new
-    # Nyquist bin itself is zeroed, since it cannot carry a phase.
-    last_bin = tf.cast(tf.logical_and(padded_out < padded_in, padded_out % 2 == 0), tf.int32)
-    spectrum = tf.pad(spectrum[:, :kept - last_bin], [[0, 0], [0, bins_out - kept + last_bin]])
-    resampled = tf.signal.irfft(spectrum, fft_length=[padded_out])
-    resampled *= tf.cast(padded_out, tf.float32) / tf.cast(padded_in, tf.float32)
     # In int64: length * to_rate passes 2**31 for songs of a few seconds.
     out_length = tf.cast((tf.cast(length, tf.int64) * tf.cast(to_rate, tf.int64) + tf.cast(from_rate, tf.int64) - 1)
                          // tf.cast(from_rate, tf.int64), tf.int32)
-    return tf.transpose(resampled)[:out_length]
+    # As many windows as the kept segments need to cover the output (one for an empty song).
+    windows = tf.maximum((out_length + segment * to_rate - 1) // (segment * to_rate), 1)
+    padded_length = (windows * segment + 2 * context) * from_rate
+    padded = tf.pad(signal, [[context * from_rate, padded_length - context * from_rate - length], [0, 0]])
+    framed = tf.signal.frame(padded, seconds * from_rate, segment * from_rate, axis=0)  # [windows, time, channels]
+    spectrum = tf.signal.rfft(tf.transpose(framed, [0, 2, 1]))
+    bins_out = seconds * to_rate // 2 + 1
+    kept = tf.minimum(tf.shape(spectrum)[2], bins_out)
+    gain = _band_gain(tf.cast(tf.range(kept), tf.float64) / seconds, from_rate, to_rate)
+    spectrum = spectrum[:, :, :kept] * tf.cast(gain, tf.complex64)
+    spectrum = tf.pad(spectrum, [[0, 0], [0, 0], [0, bins_out - kept]])
+    resampled = tf.signal.irfft(spectrum, fft_length=[seconds * to_rate])
+    resampled *= tf.cast(to_rate, tf.float32) / tf.cast(from_rate, tf.float32)
+    centres = tf.transpose(resampled[:, :, context * to_rate:(context + segment) * to_rate], [0, 2, 1])
+    channels = signal.shape[1] if signal.shape[1] is not None else tf.shape(signal)[1]
+    return tf.reshape(centres, [-1, channels])[:out_length]
 
 
 class SeparationModule(tf.Module):
@@ -108,11 +124,15 @@ class SeparationModule(tf.Module):
         return {source: tf.cast(estimate, tf.float32) for source, estimate in estimates.items()}
 
     def _separate_song(self, song):
-        """``[time, channels]`` -> (vocals, accompaniment), each ``[time, channels]``.
+        """``[time, channels]`` (1 or 2 channels, known when traced) -> (vocals, accompaniment),
+        each ``[time, channels]``.
 
         The windows go through the model ``windows_per_call`` at a time (fewer when
-        the song needs fewer), in a loop, so memory stays bounded for long songs."""
-        plan, channels = self.plan, self.channels
+        the song needs fewer), in a loop, so memory stays bounded for long songs. A
+        song whose channels are not the model's meets it by the channel rule
+        (``runtime.channels``), window by window as the numpy path does."""
+        plan, channels = self.plan, song.shape[1]
+        rule = channel_rule(channels, self.channels)
         windows = frame_tf(song, plan)
         count = tf.shape(windows)[0]
         # At least one call of one window, even for an empty song: a loop that runs
@@ -123,8 +143,8 @@ class SeparationModule(tf.Module):
         grouped = tf.reshape(windows, [calls, per_call, plan.input_length, channels])
 
         def one_call(group):
-            estimates = self._forward(group)
-            return tf.stack([estimates["vocals"], estimates["accompaniment"]])
+            estimates = self._forward(into_model(group, rule, tnp))
+            return tf.stack([out_of_model(estimates[source], rule, tnp) for source in ("vocals", "accompaniment")])
 
         outputs = tf.map_fn(one_call, grouped, fn_output_signature=tf.TensorSpec(
             [2, None, plan.output_length, channels], tf.float32))
@@ -139,20 +159,12 @@ class SeparationModule(tf.Module):
         return {"vocals": vocals, "accompaniment": accompaniment}
 
     def _separate_in_input_channels(self, audio):
-        """``[time, 1 or 2]`` at the model's rate -> (vocals, accompaniment) with the same channels,
-        as ``runtime.separator.Separator.separate_window`` does it: a mono model takes each
-        channel of a stereo song in turn; a stereo model hears a mono song on both
-        channels and its outputs are averaged."""
-        if self.channels == 1:
-            vocals, accompaniment = tf.map_fn(
-                lambda channel: self._separate_song(channel[:, None]), tf.transpose(audio),
-                fn_output_signature=(tf.TensorSpec([None, 1], tf.float32),) * 2)
-            return tf.transpose(vocals[:, :, 0]), tf.transpose(accompaniment[:, :, 0])
-        mono = tf.shape(audio)[1] == 1
-        stereo = tf.cond(mono, lambda: tf.tile(audio, [1, 2]), lambda: audio)
-        estimates = self._separate_song(stereo)
-        return tuple(tf.cond(mono, lambda e=e: tf.reduce_mean(e, axis=1, keepdims=True), lambda e=e: e)
-                     for e in estimates)
+        """``[time, 1 or 2]`` at the model's rate -> (vocals, accompaniment) with the same channels:
+        the song traced once as mono and once as stereo, the WAV's channel count picks one."""
+        def as_channels(channels):
+            return lambda: self._separate_song(tf.ensure_shape(audio, [None, channels]))
+
+        return tf.cond(tf.shape(audio)[1] == 1, as_channels(1), as_channels(2))
 
     def _separate_wav(self, wav_bytes):
         audio, rate = tf.audio.decode_wav(wav_bytes)

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline.audio import convert_channels
 from models.framing import ChunkPlan
 from models.registry import ARCHITECTURES
+from runtime.channels import channel_rule, into_model, out_of_model, passes
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,16 @@ class Separator:
 
     def passes(self, input_channels: int) -> int:
         """Model passes over a song: a mono model runs once per channel of a stereo song."""
-        return 2 if self.channels == 1 and input_channels == 2 else 1
+        return passes(input_channels, self.channels)
 
     def separate_window(self, window: np.ndarray) -> dict:
-        """One model call on ``[input_length, 1 or 2]`` -> sources ``[output_length, same channels]``.
-
-        A mono model takes a stereo window as a batch of two mono ones; a stereo
-        model takes a mono window on both channels and its outputs are averaged."""
-        if self.passes(window.shape[1]) == 2:
-            estimates = self.forward(window.T[:, :, None])
-            return {s: e[:, :, 0].T for s, e in estimates.items()}
-        estimates = self.forward(convert_channels(window, self.channels)[None])
-        return {s: convert_channels(e[0], window.shape[1]) for s, e in estimates.items()}
+        """One model call on ``[input_length, 1 or 2]`` -> sources ``[output_length, same channels]``,
+        by the channel rule the exported graph follows too (``runtime.channels``): a mono
+        model takes a stereo window as a batch of two mono ones; a stereo model takes a
+        mono window on both channels and its outputs are averaged."""
+        rule = channel_rule(window.shape[1], self.channels)
+        estimates = self.forward(into_model(window[None], rule))
+        return {s: out_of_model(e, rule)[0] for s, e in estimates.items()}
 
 
 def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separator:

@@ -207,9 +207,9 @@ def check_duration(version, inputs: dict, limits: UploadLimits) -> None:
             if array.dtype == object:
                 for index, data in enumerate(array.flat):
                     check_wav_bytes(data, f"input '{name}' item {index}", limits)
-            elif version.facts.get("sample_rate") and array.ndim == 3:
-                limits.check_header(f"input '{name}'", array.shape[1] / version.facts["sample_rate"],
-                                    version.facts["sample_rate"], array.shape[2])
+            elif version.facts is not None and version.facts.sample_rate and array.ndim == 3:
+                limits.check_header(f"input '{name}'", array.shape[1] / version.facts.sample_rate,
+                                    version.facts.sample_rate, array.shape[2])
     except AudioError as error:
         raise RestError(400, str(error)) from None
 
@@ -236,7 +236,8 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
             number = int(match[2]) if match[2] else None
             if match[3]:
                 version = repository.get(match[1], number)
-                return JSONResponse(rest.metadata_json(match[1], version.number, version.signature_defs))
+                facts = version.facts.to_dict() if version.facts is not None else None
+                return JSONResponse(rest.metadata_json(match[1], version.number, version.signature_defs, facts))
             return JSONResponse(rest.status_json(repository.states(match[1], number)))
         raise RestError(400, f"Malformed request: {method} {path}")
 
@@ -245,7 +246,8 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
 
     async def model(request: Request) -> Response:
         version = repository.get(repository.name)
-        return JSONResponse({"name": repository.name, "version": version.number, "facts": version.facts})
+        facts = version.facts.to_dict() if version.facts is not None else {}
+        return JSONResponse({"name": repository.name, "version": version.number, "facts": facts})
 
     async def separate(request: Request) -> Response:
         release = work.enter()  # before the upload is read

@@ -10,7 +10,6 @@ replacements have loaded. Requests without a version get the newest loaded one.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -22,6 +21,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
+from runtime.model_facts import ModelFacts
 from serve.rest import RestError
 
 log = logging.getLogger("serve")
@@ -46,7 +46,7 @@ class Version:
     path: Path
     saved_model: object  # what tf.saved_model.load returned; its signatures are called
     signature_defs: dict  # every SignatureDef as TF Serving's metadata prints it
-    facts: dict  # assets/model.json of the export ({} when absent)
+    facts: ModelFacts | None  # the export's facts (None when it has none)
     _separator: object = field(default=None, repr=False)
     _separator_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -58,8 +58,7 @@ class Version:
         signature_defs = {name: json_format.MessageToDict(definition, preserving_proto_field_name=True,
                                                           including_default_value_fields=True)
                           for name, definition in proto.meta_graphs[0].signature_def.items()}
-        facts_file = path / "assets" / "model.json"
-        facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+        facts = ModelFacts.read(path) if ModelFacts.path(path).is_file() else None
         return cls(number, path, tf.saved_model.load(str(path)), signature_defs, facts)
 
     def input_specs(self, signature: str) -> dict:

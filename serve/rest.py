@@ -236,7 +236,17 @@ def status_json(states: dict) -> dict:
         for version, (state, error) in sorted(states.items(), reverse=True)]}
 
 
-def metadata_json(name: str, version: int, signature_defs: dict) -> dict:
-    """GetModelMetadataResponse as TF Serving prints it; ``signature_defs``: each SignatureDef as JSON."""
-    return {"model_spec": {"name": name, "signature_name": "", "version": str(version)},
-            "metadata": {"signature_def": {"signature_def": signature_defs}}}
+# The metadata field beside TF Serving's "signature_def" that carries an export's facts
+# (assets/model.json: sample rate, channels, chunk plan, ...); serve.client cuts songs on
+# their chunk plan. TF Serving itself prints signature_def only.
+MODEL_FACTS_FIELD = "model_facts"
+
+
+def metadata_json(name: str, version: int, signature_defs: dict, facts: dict | None = None) -> dict:
+    """GetModelMetadataResponse as TF Serving prints it; ``signature_defs``: each SignatureDef as JSON.
+    ``facts``: the export's facts, added as the metadata field ``model_facts`` (TF Serving's
+    clients read the fields they know and pass over the others)."""
+    metadata = {"signature_def": {"signature_def": signature_defs}}
+    if facts:
+        metadata[MODEL_FACTS_FIELD] = facts
+    return {"model_spec": {"name": name, "signature_name": "", "version": str(version)}, "metadata": metadata}

@@ -10,8 +10,7 @@ import bench.separate as bench
 from bench.separate import CLIP_RATE, BenchModel, Peer, measure, peer_rows, runtime_models, speed_rows
 from runtime.chunking import separate_song
 from runtime.loading import load_separator
-from tests.test_separate import TINY, make_run_dir
-from tests.test_umt import TINY_FULL
+from tests.helpers import TINY_UMT_FULL as TINY_FULL, TINY_WAVEUNET as TINY, make_run_dir
 
 
 def test_int8_onnx_of_a_tiny_run_separates_like_keras_float32(tmp_path):

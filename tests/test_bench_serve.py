@@ -1,5 +1,5 @@
 """bench/serve.py's mixed-traffic phase: the request mix, what counts as a failure, and one
-short run against a server of the shipped model (export shared with tests/test_serve.py)."""
+short run against a server of the shipped model (the session's export, conftest.py's shipped_export)."""
 import base64
 import json
 import re
@@ -10,7 +10,6 @@ import pytest
 
 import bench.serve as bench
 from serve.client import wav_bytes
-from tests.test_serve import export_shipped_model
 
 RATE = 22050
 
@@ -54,11 +53,10 @@ def test_a_non_4xx_for_a_bad_request_or_a_failed_good_one_is_a_failure():
 
 
 @pytest.mark.slow  # a minute on 2 cores; the bench itself is run by hand
-def test_the_mixed_phase_passes_against_the_shipped_model(tmp_path_factory, capsys):
+def test_the_mixed_phase_passes_against_the_shipped_model(shipped_export, capsys):
     """60 requests (51 good, 6 malformed, 3 too big) and 2 + 2 uploads: about 40 s on 2 busy cores,
     plus the shipped model's export (about 25 s) unless another serve test made it already."""
-    base = export_shipped_model(tmp_path_factory)
-    code = bench.main(["--phases", "mixed", "--model-base-path", str(base), "--mixed-requests", "60",
+    code = bench.main(["--phases", "mixed", "--model-base-path", str(shipped_export), "--mixed-requests", "60",
                        "--uploads", "2", "--mixed-seconds", "1"])
     printed = capsys.readouterr().out
     assert code == 0, printed

@@ -7,11 +7,11 @@ import pytest
 import soundfile as sf
 
 import evaluate
-from export import ONNX_FILE
 from models.architecture import SOURCES
-from tests.test_export import exported, tiny_config  # noqa: F401 (exported: a fixture, fed by config below)
-from tests.test_separate import make_run_dir
-from training.metrics import best_gain_estimates, least_squares_gain, signal_to_distortion
+from runtime import scoring
+from runtime.export import ONNX_FILE
+from runtime.metrics import best_gain_estimates, least_squares_gain, signal_to_distortion
+from tests.helpers import make_run_dir, tiny_waveunet
 
 RATE = 8000
 
@@ -27,8 +27,8 @@ def test_bss_scores_separate_a_perfect_estimate_from_the_mixture():
     rng = np.random.default_rng(0)
     references = {"vocals": rng.normal(0, 0.1, (3 * RATE, 2)), "accompaniment": rng.normal(0, 0.1, (3 * RATE, 2))}
     mixture = references["vocals"] + references["accompaniment"]
-    perfect = evaluate.bss_scores(references, references, RATE)
-    baseline = evaluate.bss_scores(references, {"vocals": mixture, "accompaniment": mixture}, RATE)
+    perfect = scoring.bss_scores(references, references, RATE)
+    baseline = scoring.bss_scores(references, {"vocals": mixture, "accompaniment": mixture}, RATE)
     assert perfect["vocals"]["SDR"] > 40 and perfect["accompaniment"]["SIR"] > 40
     assert abs(baseline["vocals"]["SDR"]) < 1.0  # equal-power independent sources: about 0 dB
 
@@ -62,10 +62,10 @@ def test_scaling_the_mixture_beats_the_plain_mixture_but_not_the_best_gain_basel
     rng = np.random.default_rng(4)
     references = {"vocals": rng.normal(0, 0.05, (4 * RATE, 2)), "accompaniment": rng.normal(0, 0.1, (4 * RATE, 2))}
     mixture = references["vocals"] + references["accompaniment"]
-    plain = evaluate.bss_scores(references, {source: mixture for source in SOURCES}, RATE)
-    trivial = evaluate.bss_scores(references, {"vocals": 0.1 * mixture, "accompaniment": 0.9 * mixture}, RATE)
+    plain = scoring.bss_scores(references, {source: mixture for source in SOURCES}, RATE)
+    trivial = scoring.bss_scores(references, {"vocals": 0.1 * mixture, "accompaniment": 0.9 * mixture}, RATE)
     best_gain, gains = best_gain_estimates(mixture, references)
-    best = evaluate.bss_scores(references, best_gain, RATE)
+    best = scoring.bss_scores(references, best_gain, RATE)
     assert gains["vocals"] == pytest.approx(0.2, abs=0.01)
     assert plain["vocals"]["SDR"] == pytest.approx(-6.02, abs=0.1)
     assert trivial["vocals"]["SDR"] == pytest.approx(0.71, abs=0.1)
@@ -143,7 +143,7 @@ def test_every_track_bad_is_an_error_that_still_lists_them(tmp_path, capsys):
 def test_precision_and_chunk_seconds_reach_the_separator(tmp_path, monkeypatch):
     write_song(tmp_path / "data" / "test" / "one", np.random.default_rng(7), seconds=1)
     calls = {}
-    real_load, real_separate = evaluate.load_separator, evaluate.separate_song
+    real_load, real_separate = evaluate.load_separator, scoring.separate_song
 
     def load_separator(path, precision):
         calls["precision"] = precision
@@ -154,7 +154,7 @@ def test_precision_and_chunk_seconds_reach_the_separator(tmp_path, monkeypatch):
         return real_separate(*args, chunk_seconds=chunk_seconds)
 
     monkeypatch.setattr(evaluate, "load_separator", load_separator)
-    monkeypatch.setattr(evaluate, "separate_song", separate_song)
+    monkeypatch.setattr(scoring, "separate_song", separate_song)
     output = tmp_path / "scores.json"
     assert evaluate.main(["--model", str(make_run_dir(tmp_path / "run")), "--dataset", "folder",
                           "--data-root", str(tmp_path / "data"), "--json", str(output),
@@ -186,8 +186,8 @@ def test_evaluate_cli_errors(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def config():
-    """test_export's ``exported`` fixture, for one config: a tiny stereo model exported as version 1."""
-    return tiny_config(True, 2)
+    """conftest.py's ``exported`` fixture, for one config: a tiny stereo model exported as version 1."""
+    return tiny_waveunet(context=True, channels=2)
 
 
 def files_of(folder):
@@ -227,7 +227,7 @@ def test_a_run_directory_is_still_scored_into_itself(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path,name", [("export/x/1", "x-1"), ("export/x/1/model.onnx", "x-1-onnx"),
                                        ("export/x/1/model-int8.onnx", "x-1-model-int8")])
 def test_exported_model_names(path, name):
-    assert evaluate.exported_model_name(path) == name
+    assert scoring.exported_model_name(path) == name
 
 
 def test_a_json_destination_in_no_folder_is_refused_before_scoring(tmp_path, capsys):

@@ -10,7 +10,7 @@ from models.registry import ARCHITECTURES
 from models.waveunet import WaveUNetConfig, chunk_plan, context_length, input_length_for
 from runtime.chunking import separate_song
 from runtime.loading import load_run, load_separator
-from tests.test_separate import make_run_dir
+from tests.helpers import make_run_dir, tiny_waveunet
 
 RATE = 8000
 SONG_LENGTHS = [1, 7, 250, 2049]  # shorter than any chunk up to several chunks, on no grid
@@ -21,14 +21,9 @@ CHUNK_OUTPUT_LENGTHS = [1, 100, 333]
 TOLERANCE = 1e-6
 
 
-def tiny_config(context: bool) -> WaveUNetConfig:
-    return WaveUNetConfig(num_layers=3, num_initial_filters=8, context=context, output_type="difference",
-                          channels=2, sample_rate=RATE, num_frames=1024)
-
-
 @pytest.fixture(scope="module", params=[True, False], ids=["context", "same-padding"])
 def config(request):
-    return tiny_config(request.param)
+    return tiny_waveunet(context=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 arithmetic and augmentation invariants on both paths; the numpy loader's own
 determinism; mixing groups of songs by weight; training on it under TensorFlow
 and, without TensorFlow, under JAX."""
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,11 +14,11 @@ from data_pipeline.augment import AugmentOptions
 from data_pipeline.numpy_loader import (_CHOICE_BLOCK, MixedTrainingLoader, TrainingLoader, ValidationLoader,
                                         _GroupChoices)
 from data_pipeline.pipeline import CropSpec, make_dataset
-from models.waveunet import WaveUNetConfig, build_waveunet, input_length_for
+from models.waveunet import build_waveunet, input_length_for
+from tests.helpers import TINY_WAVEUNET as TINY, run_without_tensorflow
 from tests.ramp_songs import (CROP, NO_AUGMENTATION, RATE, SONG_FRAMES, STEP, WINDOWS_PER_SONG, ramp_song, song_of,
                               write_ramp_tracks)
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 SETTINGS = dict(sample_rate=RATE, crop=CROP, batch_size=8, crops_per_track=2, seed=3)
 
 
@@ -340,10 +337,6 @@ def test_bad_groups_or_weights_are_refused(tracks, group_sizes, weights, message
 
 # --- training on it -------------------------------------------------------------------
 
-TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference", channels=2,
-                      sample_rate=RATE, num_frames=1024)
-
-
 def test_a_model_trains_on_the_numpy_loader(tracks):
     crop = CropSpec(*input_length_for(TINY, TINY.num_frames))
     keras.utils.set_random_seed(0)
@@ -356,17 +349,6 @@ def test_a_model_trains_on_the_numpy_loader(tracks):
     assert int(model.optimizer.iterations.numpy()) == 4
     assert np.isfinite(history.history["loss"]).all() and np.isfinite(history.history["val_loss"]).all()
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-
-
-def run_without_tensorflow(code: str, *arguments) -> str:
-    """Runs ``code`` in a fresh Python under ``KERAS_BACKEND=jax`` where importing
-    TensorFlow (or tensorflow-io) fails, as on a host that lacks it."""
-    blocker = "import sys; sys.modules.update(dict.fromkeys(['tensorflow', 'tensorflow_io'], None))\n"
-    result = subprocess.run([sys.executable, "-c", blocker + code, *arguments], cwd=REPOSITORY,
-                            env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 def ramp_root(tracks) -> str:

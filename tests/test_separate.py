@@ -8,23 +8,12 @@ import soundfile as sf
 import separate
 from data_pipeline.audio import load_audio
 from models.framing import ChunkPlan
-from models.waveunet import WaveUNetConfig, build_waveunet
+from models.waveunet import WaveUNetConfig
 from runtime.chunking import separate_song, SongSeparation
 from runtime.loading import load_separator
 from runtime.run_directory import RunDirectory
 from runtime.separator import Separator
-
-TINY = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference", channels=2,
-                      sample_rate=8000, num_frames=1024)
-
-
-def make_run_dir(path, config=TINY):
-    """A run directory holding an untrained (random) model: enough to test the plumbing."""
-    run_directory = RunDirectory(path)
-    run_directory.write_config({"arch": "waveunet", "config_name": "tiny", "model": config.to_dict()})
-    run_directory.checkpoints.mkdir()
-    build_waveunet(config).save(run_directory.last_checkpoint)
-    return path
+from tests.helpers import TINY_WAVEUNET as TINY, make_run_dir
 
 
 @pytest.fixture(scope="module")

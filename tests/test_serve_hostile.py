@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from data_pipeline.audio import AudioError
 from serve import upload
 from serve.client import wav_bytes
-from tests.test_serve import MIX, Server, audio_request, b64, export_shipped_model, save_stand_in
+from tests.serve_helpers import MIX, Server, audio_request, b64, save_stand_in
 
 SECRET_SECONDS = 2.0
 FFMPEG = shutil.which("ffmpeg") is not None
@@ -140,10 +140,9 @@ def peak_rss_mb(process) -> float:
 
 
 @pytest.fixture(scope="module")
-def guarded_server(tmp_path_factory):
+def guarded_server(shipped_export, tmp_path_factory):
     """The shipped model with a 2-minute song limit, one model call at a time."""
-    base = export_shipped_model(tmp_path_factory)
-    server = Server(base, "wavesep", tmp_path_factory.mktemp("log") / "guarded.log", "--max-song-minutes", "2",
+    server = Server(shipped_export, "wavesep", tmp_path_factory.mktemp("log") / "guarded.log", "--max-song-minutes", "2",
                     "--max-concurrent", "1")
     server.wait_for({1})
     yield server

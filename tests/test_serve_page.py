@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.test_serve import shipped_model_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [pytest.mark.browser,
@@ -18,8 +17,8 @@ pytestmark = [pytest.mark.browser,
 
 
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    return shipped_model_server(request, tmp_path_factory)
+def server(shipped_model_server):
+    return shipped_model_server
 
 
 @pytest.fixture(scope="module")

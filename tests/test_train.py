@@ -16,48 +16,17 @@ import soundfile as sf
 
 import train
 from data_pipeline.datasets import DatasetError, get_tracks
-from data_pipeline.pipeline import SOURCES, CropSpec, make_dataset
-from models.waveunet import WaveUNetConfig, input_length_for
+from data_pipeline.pipeline import CropSpec, make_dataset
+from models.waveunet import input_length_for
 from runtime.loading import load_run
 from runtime.run_directory import RunDirectory
-from tests.test_separate import TINY, make_run_dir
-from training.metrics import best_gain_estimates
+from tests.helpers import (TINY_TRAINED_WAVEUNET as TINY_MODEL, TINY_WAVEUNET as TINY, best_constant_gain_loss,
+                           make_run_dir, write_run)
+from training import data, session
+from training.strategy import choose_strategy
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-TINY_MODEL = WaveUNetConfig(num_layers=3, num_initial_filters=8, context=True, output_type="difference",
-                            channels=2, sample_rate=8000, num_frames=2048)
 TRAINING_STEPS = 150
-
-
-def write_run(run_dir: Path, cache_dir: Path, steps: int, validate_every: int, arch: str = "waveunet",
-              model=TINY_MODEL, **training) -> dict:
-    """A run directory training a tiny model on 3 tiny synthetic songs; ``training`` overrides settings."""
-    run = {
-        "arch": arch,
-        "config_name": "tiny",
-        "model": model.to_dict(),
-        "data": {"dataset": "synthetic", "data_root": None, "cache_dir": str(cache_dir), "synthetic_duration": 3.0,
-                 "synthetic_songs": {"train": 3, "valid": 1, "test": 1}},
-        "training": {**train.TRAINING_DEFAULTS, "steps": steps, "batch_size": 4, "learning_rate": 3e-3,
-                     "validate_every": validate_every, "validation_excerpts": 2, **training},
-    }
-    RunDirectory(run_dir).write_config(run)
-    return run
-
-
-def best_constant_gain_loss(dataset) -> float:
-    """Summed per-source MSE, over ``dataset``'s batches, of the best predictor that
-    does not separate: each source as the centred mix times its least-squares gain."""
-    mixes, targets = [], {source: [] for source in SOURCES}
-    for mix, batch_targets in dataset.as_numpy_iterator():
-        output_length = batch_targets["vocals"].shape[1]
-        start = (mix.shape[1] - output_length) // 2
-        mixes.append(mix[:, start:start + output_length])
-        for source in SOURCES:
-            targets[source].append(batch_targets[source])
-    mix = np.concatenate(mixes)
-    estimates, _ = best_gain_estimates(mix, {source: np.concatenate(t) for source, t in targets.items()})
-    return float(sum(np.mean((np.concatenate(targets[source]) - estimates[source]) ** 2) for source in SOURCES))
 
 
 def test_training_beats_the_best_constant_gain_and_fills_the_run_directory(tmp_path):
@@ -67,7 +36,7 @@ def test_training_beats_the_best_constant_gain_and_fills_the_run_directory(tmp_p
     assert int(model.optimizer.iterations.numpy()) == TRAINING_STEPS
     # Fresh augmented crops of the training songs (3 songs of 3 s are too few to generalise from).
     crop = CropSpec(*input_length_for(TINY_MODEL, TINY_MODEL.num_frames))
-    batches = make_dataset(train.training_groups(run, TINY_MODEL.sample_rate)[0], sample_rate=8000, crop=crop,
+    batches = make_dataset(data.training_groups(run, TINY_MODEL.sample_rate)[0], sample_rate=8000, crop=crop,
                            batch_size=4, seed=123).take(16).cache()
     model_loss, constant_gain_loss = model.evaluate(batches, verbose=0)[0], best_constant_gain_loss(batches)
     assert model_loss < 0.7 * constant_gain_loss, (model_loss, constant_gain_loss)  # measured: 0.42 (0.38-0.57 over seeds 0-2)
@@ -156,7 +125,7 @@ def test_init_from_starts_with_another_runs_weights_and_architecture(tmp_path):
     run_dir, run = train.resolve_run(train.parse_args(["--init-from", str(source), "--run-dir", str(tmp_path / "new"),
                                                        "--learning-rate", "1e-5"]))
     assert run["model"] == TINY.to_dict() and run["training"]["learning_rate"] == 1e-5
-    model, _ = train.build_model(run, train.choose_strategy())
+    model, _ = session.build_model(run, choose_strategy())
     for started, trained in zip(model.weights, load_run(source).model.weights):
         np.testing.assert_array_equal(started.numpy(), trained.numpy())
     with pytest.raises(SystemExit, match="not a run directory"):
@@ -195,7 +164,7 @@ def test_with_ema_the_checkpoints_hold_the_averaged_weights_and_the_backup_the_r
     run_dir = tmp_path / "run"
     run = write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3, ema_momentum=0.5)
     resume(run_dir)
-    backup, _ = train.build_model(run, train.choose_strategy())
+    backup, _ = session.build_model(run, choose_strategy())
     backup.optimizer.build(backup.trainable_variables)
     backup.load_weights(RunDirectory(run_dir).backup / "latest.weights.h5")
     raw = {v.path: v.numpy() for v in backup.trainable_variables}
@@ -265,15 +234,15 @@ def test_resume_keeps_the_best_loss_and_the_patience_count(tmp_path):
 
 
 def test_a_resumed_run_draws_new_crops(tmp_path):
-    seeds = {train.run_seed(0, worker, epoch) for worker in (0, 1) for epoch in (0, 3)}
+    seeds = {data.run_seed(0, worker, epoch) for worker in (0, 1) for epoch in (0, 3)}
     assert len(seeds) == 4
     run_dir = tmp_path / "run"
     run = write_run(run_dir, tmp_path / "cache", steps=20, validate_every=10)
     config = TINY_MODEL
     crop = CropSpec(*input_length_for(config, config.num_frames))
-    tracks = train.check_data(run, config.sample_rate)
-    strategy = train.choose_strategy()
-    first = [next(iter(train.build_datasets(run, tracks, config, crop, strategy, epoch)[0]))[0].numpy()
+    tracks = data.check_data(run, config.sample_rate)
+    strategy = choose_strategy()
+    first = [next(iter(data.build_datasets(run, tracks, config, crop, strategy, epoch)[0]))[0].numpy()
              for epoch in (0, 0, 2)]
     np.testing.assert_array_equal(first[0], first[1])
     assert not np.array_equal(first[0], first[2])
@@ -343,7 +312,7 @@ def free_ports(count: int) -> list[int]:
 def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
-    train.check_data(RunDirectory(run_dir).read_config(), 8000)  # songs generated once, before the workers start
+    data.check_data(RunDirectory(run_dir).read_config(), 8000)  # songs generated once, before the workers start
     chief, worker = (f"127.0.0.1:{port}" for port in free_ports(2))
     processes = []
     for task_type in ("chief", "worker"):
@@ -386,7 +355,7 @@ def test_cluster_roles_count_the_chief():
     workers_only = {"worker": ["b:1", "c:1"]}
     assert [role("worker", 0, workers_only), role("worker", 1, workers_only)] == [
         ClusterRole(2, 0, True), ClusterRole(2, 1, False)]
-    assert cluster_role(train.choose_strategy()) == ClusterRole(1, 0, True)
+    assert cluster_role(choose_strategy()) == ClusterRole(1, 0, True)
 
 
 def test_a_file_that_fails_only_inside_tf_data_is_named(tmp_path, monkeypatch):
@@ -394,14 +363,14 @@ def test_a_file_that_fails_only_inside_tf_data_is_named(tmp_path, monkeypatch):
     for index in range(4):
         write_stems(root / f"song{index}", seed=index)
     broken = root / "song1" / "vocals.wav"
-    checked = train.check_data
+    checked = data.check_data
 
     def check_then_break(run, sample_rate):  # the file changes after the check, as on a flaky disk
         tracks = checked(run, sample_rate)
         broken.write_bytes(broken.read_bytes()[:3000])
         return tracks
 
-    monkeypatch.setattr(train, "check_data", check_then_break)
+    monkeypatch.setattr(session, "check_data", check_then_break)
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--dataset", "folder", "--data-root", str(root), "--run-dir", str(tmp_path / "run"),
                     "--steps", "4", "--validate-every", "2", "--batch-size", "2"])
@@ -415,11 +384,12 @@ sys.modules["tensorflow"] = None  # as on a GPU host that has JAX and no TensorF
 import numpy as np
 import train
 from runtime.run_directory import RunDirectory
+from training.checkpointing import optimizer_step
 model, history = train.train(*train.resolve_run(train.parse_args(["--resume", sys.argv[1]])))
 import keras
 best = keras.saving.load_model(RunDirectory(sys.argv[1]).checkpoint())  # what every tool loads
 np.save(sys.argv[3], np.asarray(best.predict(np.load(sys.argv[2]), verbose=0)["vocals"]))
-print("steps", train.optimizer_step(model), "validations", len(history.history["val_loss"]))
+print("steps", optimizer_step(model), "validations", len(history.history["val_loss"]))
 """
 
 
@@ -453,7 +423,7 @@ def test_mixed_datasets_train_on_both_and_validate_on_the_real_songs(tmp_path):
         str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--synthetic-songs", "2"]))
     assert run["data"]["mix_weights"] == [0.7, 0.3]
     run["data"]["synthetic_duration"] = 3.0
-    groups, valid = train.training_groups(run, 8000), train.validation_tracks(run, 8000)
+    groups, valid = data.training_groups(run, 8000), data.validation_tracks(run, 8000)
     assert [len(group) for group in groups] == [2, 9]
     assert [track.name for track in valid] == ["song09"]  # the real songs' validation split, not synthetic's
     with pytest.raises(SystemExit, match=r"--mix-weights \[0.5, 0.5\] \(the run has \[0.7, 0.3\]\)"):
@@ -477,12 +447,12 @@ def test_select_on_picks_the_checkpoint_on_the_named_datasets_only_and_others_tr
               "--cache-dir", str(tmp_path / "cache")]
     _, default = train.resolve_run(train.parse_args([*common, "--run-dir", str(tmp_path / "default")]))
     with pytest.raises(DatasetError, match="no songs for split 'valid'"):
-        train.validation_tracks(default, 22050)
+        data.validation_tracks(default, 22050)
     run_dir, run = train.resolve_run(train.parse_args([*common, "--select-on", "musdb",
                                                        "--run-dir", str(tmp_path / "run")]))
     assert run["data"]["select_on"] == ["musdb"]
     # What check_data hands to validation (without its header checks of all 94 songs).
-    tracks = {"train": train.training_groups(run, 22050), "valid": train.validation_tracks(run, 22050)}
+    tracks = {"train": data.training_groups(run, 22050), "valid": data.validation_tracks(run, 22050)}
     previews = {track.name for track in get_tracks("musdb", "valid", data_root=PREVIEWS)}
     assert len(previews) == 14 and {track.name for track in tracks["valid"]} == previews
     assert [len(group) for group in tracks["train"]] == [4, 80]
@@ -496,6 +466,33 @@ def test_select_on_picks_the_checkpoint_on_the_named_datasets_only_and_others_tr
 def test_the_validation_previews_are_never_trained_on():
     run = {"data": {"dataset": "synthetic+musdb", "data_root": [str(PREVIEWS)], "cache_dir": None,
                     "synthetic_songs": {"train": 1, "valid": 1, "test": 1}}}
-    real_training = {track.name for track in train.training_groups(run, 22050)[1]}
-    validation = {track.name for track in train.validation_tracks(run, 22050)}
+    real_training = {track.name for track in data.training_groups(run, 22050)[1]}
+    validation = {track.name for track in data.validation_tracks(run, 22050)}
     assert len(validation) == 14 and len(real_training) == 80 and not validation & real_training
+
+
+def test_l1_and_band_limited_losses_train_are_recorded_and_refused_where_they_do_not_apply(tmp_path):
+    """--loss l1 --band-limit: the run trains with the band-limited L1 loss of training.losses
+    (its values checked in tests/test_losses.py), keeps it on resume, and both flags are
+    refused for mu-law models and for a band edge at or above half the model's rate."""
+    run_dir, cache = tmp_path / "run", str(tmp_path / "cache")
+    common = ["--dataset", "synthetic", "--synthetic-songs", "3", "--cache-dir", cache, "--batch-size", "2",
+              "--validate-every", "2", "--steps", "2"]
+    _, run = train.resolve_run(train.parse_args([*common, "--loss", "l1", "--band-limit", "8000",
+                                                 "--run-dir", str(run_dir)]))
+    assert RunDirectory(run_dir).read_config()["training"]["loss"] == "l1"
+    model, _ = session.build_model(run, choose_strategy())
+    assert {loss.__name__ for loss in model.loss.values()} == {"l1_below_8000hz"}
+    with pytest.raises(SystemExit, match="--loss"):  # a resumed run keeps its loss
+        train.resolve_run(train.parse_args(["--resume", str(run_dir), "--loss", "mse"]))
+    with pytest.raises(SystemExit, match="waveform models"):
+        train.resolve_run(train.parse_args([*common, "--arch", "wavenet", "--loss", "l1",
+                                            "--run-dir", str(tmp_path / "wavenet")]))
+    with pytest.raises(SystemExit, match="half the model's sample rate"):
+        train.resolve_run(train.parse_args([*common, "--band-limit", "11025", "--run-dir", str(tmp_path / "edge")]))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--loss", "huber"])
+    tiny_run_dir = tmp_path / "tiny"
+    write_run(tiny_run_dir, tmp_path / "tiny-cache", steps=4, validate_every=2, loss="l1", band_limit_hz=3000.0)
+    model, history = resume(tiny_run_dir)
+    assert int(model.optimizer.iterations.numpy()) == 4 and np.all(np.isfinite(history.history["loss"]))

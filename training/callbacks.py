@@ -11,11 +11,10 @@ import keras
 import librosa
 import numpy as np
 
-from models.architecture import SOURCES
-
 from data_pipeline.crops import CropSpec
+from models.architecture import SOURCES
+from runtime.metrics import best_gain_estimates, signal_to_distortion
 from training.checkpointing import optimizer_step
-from training.metrics import best_gain_estimates, signal_to_distortion
 
 SPECTROGRAM_FLOOR_DB = -80.0
 

@@ -1,5 +1,5 @@
-"""Fast separation metrics for monitoring (museval's BSSEval lives in evaluate.py),
-and the best no-separation baseline that both compare a model against."""
+"""Fast separation metrics for monitoring training (museval's BSSEval lives in
+runtime/scoring.py), and the best no-separation baseline that both compare a model against."""
 import numpy as np
 
 EPSILON = 1e-8

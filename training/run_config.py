@@ -1,0 +1,114 @@
+"""A run's configuration (``runtime.run_directory.RunConfig``) from train.py's flags: read
+back from its run directory on --resume (only --steps may change), else built from the
+architecture's named config and training preset (or another run's model, --init-from)
+and the flags, and written to the run directory."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from models.registry import ARCHITECTURES
+from runtime.run_directory import RunConfig, RunDirectory
+from training.data import dataset_parts
+
+# The base of every run's training settings: the architecture's preset for the named config
+# (models.registry) replaces some of them, flags override both.
+TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
+                     "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8,
+                     "precision": "float32", "learning_rate_decay": 1.0, "clip_norm": None,
+                     "pitch_shift_semitones": 0.0, "ema_momentum": None, "loss": "mse", "band_limit_hz": None}
+TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision",
+                  "pitch_shift_semitones", "ema_momentum", "loss", "band_limit_hz")
+DEFAULT_SYNTHETIC_SONGS = 90
+
+
+class RunConfigError(Exception):
+    """Flags that give no run to train: unknown, contradictory, or against the resumed run's
+    settings. Nothing has been written."""
+
+
+def _resume_conflicts(flags, run: RunConfig) -> list[str]:
+    """Flags given with --resume that contradict the run's saved settings."""
+    data, training = run.data, run.training
+    saved = {"arch": run.arch, "config": run.config_name, "dataset": data["dataset"],
+             "data_root": [root for _, root in dataset_parts(data) if root is not None] or None,
+             "mix_weights": data.get("mix_weights"),
+             "select_on": "+".join(data["select_on"]) if data.get("select_on") else None,
+             "cache_dir": data["cache_dir"],
+             "synthetic_songs": data["synthetic_songs"]["train"], "init_from": training.get("init_from"),
+             **{key: training.get(key) for key in TRAINING_FLAGS if key != "steps"}}
+    conflicts = [f"--{key.replace('_', '-')} {getattr(flags, key)} (the run has {value})"
+                 for key, value in saved.items() if getattr(flags, key) is not None and getattr(flags, key) != value]
+    if flags.variant is not None:
+        conflicts.append(f"--variant {flags.variant} (the run's config is {run.config_name})")
+    if flags.no_cache and training["cache"]:
+        conflicts.append("--no-cache (the run caches songs)")
+    if flags.run_dir is not None and Path(flags.run_dir).resolve() != Path(flags.resume).resolve():
+        conflicts.append(f"--run-dir {flags.run_dir} (resuming writes to {flags.resume})")
+    return conflicts
+
+
+def resolve_run(flags) -> tuple[Path, RunConfig]:
+    """The run directory and its configuration: read back on --resume (a new --steps is
+    applied and recorded), else built from the flags and written to the run directory.
+
+    ``flags``: train.py's parsed command line (an ``argparse.Namespace``: every flag's
+    ``dest`` as an attribute, None where not given). Raises ``RunConfigError``."""
+    if flags.resume:
+        run_dir = Path(flags.resume)
+        try:
+            run = RunDirectory(run_dir).read_config()
+        except FileNotFoundError as error:
+            raise RunConfigError(str(error)) from None
+        conflicts = _resume_conflicts(flags, run)
+        if conflicts:
+            raise RunConfigError(f"--resume {run_dir} keeps the settings in its config.json; only --steps may "
+                                 f"change. Conflicting: {'; '.join(conflicts)}")
+        if flags.steps and flags.steps != run.training["steps"]:  # how long it goes on: applied and recorded
+            run = dataclasses.replace(run, training={**run.training, "steps": flags.steps})
+            RunDirectory(run_dir).write_config(run)
+        return run_dir, run
+
+    arch = flags.arch or "waveunet"
+    architecture = ARCHITECTURES[arch]
+    if flags.variant is not None and flags.variant not in architecture.variants:
+        raise RunConfigError(f"--variant applies to {', '.join(n for n, a in ARCHITECTURES.items() if a.variants)}, "
+                             f"not {arch}")
+    config_name = architecture.config_name(flags.config or architecture.default_config, flags.variant)
+    if flags.init_from:
+        try:
+            source = RunDirectory(flags.init_from).read_config()
+        except FileNotFoundError as error:
+            raise RunConfigError(f"--init-from {error}") from None
+        arch, config_name, model = source.arch, source.config_name, source.model
+    elif config_name not in architecture.configs:
+        raise RunConfigError(f"unknown --config {config_name!r} for {arch}; choose one of "
+                             f"{', '.join(architecture.configs)}")
+    else:
+        model = architecture.configs[config_name].to_dict()
+    presets = ARCHITECTURES[arch].training_presets  # --init-from may have changed the architecture
+    training = {**TRAINING_DEFAULTS, **presets.get(config_name, {}), "init_from": flags.init_from}
+    for key in TRAINING_FLAGS:
+        if getattr(flags, key) is not None:
+            training[key] = getattr(flags, key)
+    training["cache"] = not flags.no_cache
+    data = {"dataset": flags.dataset or "synthetic", "data_root": flags.data_root, "mix_weights": flags.mix_weights,
+            "select_on": flags.select_on.split("+") if flags.select_on else None,
+            "cache_dir": flags.cache_dir,
+            "synthetic_songs": {"train": flags.synthetic_songs or DEFAULT_SYNTHETIC_SONGS, "valid": 10, "test": 10}}
+    unknown = set(data["select_on"] or ()) - set(data["dataset"].split("+"))
+    if unknown:
+        raise RunConfigError(f"--select-on {flags.select_on}: {', '.join(sorted(unknown))} is not in --dataset "
+                             f"{data['dataset']}")
+    waveform_loss = training["loss"] != "mse" or training["band_limit_hz"] is not None
+    if waveform_loss and any(loss != "mse" for loss in ARCHITECTURES[arch].losses(
+            ARCHITECTURES[arch].config_from_dict(model)).values()):
+        raise RunConfigError(f"--loss and --band-limit apply to waveform models (waveunet), not {arch}")
+    if training["band_limit_hz"] is not None and not 0 < training["band_limit_hz"] < model["sample_rate"] / 2:
+        raise RunConfigError(f"--band-limit {training['band_limit_hz']:g} Hz must lie below half the model's "
+                             f"sample rate ({model['sample_rate'] / 2:g} Hz)")
+    run = RunConfig(arch=arch, config_name=config_name, model=model, data=data, training=training)
+    run_dir = Path(flags.run_dir or f"runs/{arch}-{config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    RunDirectory(run_dir).write_config(run)
+    return run_dir, run
