@@ -6,6 +6,7 @@ models, and for mu-law class models the non-separating class predictors), and
 running code where TensorFlow is absent."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from models import mulaw
 from models.architecture import SOURCES
+from models.registry import ARCHITECTURES
+from models.umt import UMTConfig
+from models.wavenet import WaveNetConfig
+from models.waveunet import WaveUNetConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -22,10 +28,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------- tiny models and run directories
 
 
-def tiny_waveunet(context: bool = True, channels: int = 2, num_frames: int = 1024):
+def tiny_waveunet(context: bool = True, channels: int = 2, num_frames: int = 1024) -> WaveUNetConfig:
     """A 3-level Wave-U-Net of 8 initial filters at 8 kHz with a difference output."""
-    from models.waveunet import WaveUNetConfig
-
     return WaveUNetConfig(num_layers=3, num_initial_filters=8, context=context, output_type="difference",
                           channels=channels, sample_rate=8000, num_frames=num_frames)
 
@@ -33,39 +37,19 @@ def tiny_waveunet(context: bool = True, channels: int = 2, num_frames: int = 102
 TINY_WAVEUNET = tiny_waveunet()
 # What write_run trains by default.
 TINY_TRAINED_WAVEUNET = tiny_waveunet(num_frames=2048)
-
-
-def _tiny_umt():
-    import dataclasses
-
-    from models.umt import UMTConfig
-
-    # Encoder field 1 + 2 * (1 + 1 + 2 + 4) = 17; Structure A's whole field 17 + 17 - 1 = 33.
-    structure_a = UMTConfig(encoder_layers=3, encoder_channels=8, latent_channels=4, decoder_layers=3,
-                            decoder_channels=8, sample_rate=8000, num_frames=400)
-    # Pool 40 samples at 8 kHz (80 at 16 kHz); a causal decoder of 2 x 3 layers: field 1 + (1 + 2 * 7) = 16.
-    full = dataclasses.replace(structure_a, variant="full", decoder_blocks=2, skip_channels=8, pool_kernel=80,
-                               classifier_channels=8, num_frames=400)
-    return structure_a, full
-
-
-TINY_UMT_A, TINY_UMT_FULL = _tiny_umt()
-
-
-def _tiny_wavenet():
-    from models.wavenet import WaveNetConfig
-
-    # Field 1 + 2 * 2 * (1 + 2 + 4) = 29 samples.
-    return WaveNetConfig(stacks=2, layers_per_stack=3, residual_channels=8, skip_channels=8, sample_rate=8000,
-                         num_frames=512)
-
-
-TINY_WAVENET = _tiny_wavenet()
+# Field 1 + 2 * 2 * (1 + 2 + 4) = 29 samples.
+TINY_WAVENET = WaveNetConfig(stacks=2, layers_per_stack=3, residual_channels=8, skip_channels=8, sample_rate=8000,
+                             num_frames=512)
+# Encoder field 1 + 2 * (1 + 1 + 2 + 4) = 17; Structure A's whole field 17 + 17 - 1 = 33.
+TINY_UMT_A = UMTConfig(encoder_layers=3, encoder_channels=8, latent_channels=4, decoder_layers=3, decoder_channels=8,
+                       sample_rate=8000, num_frames=400)
+# Pool 40 samples at 8 kHz (80 at 16 kHz); a causal decoder of 2 x 3 layers: field 1 + (1 + 2 * 7) = 16.
+TINY_UMT_FULL = dataclasses.replace(TINY_UMT_A, variant="full", decoder_blocks=2, skip_channels=8, pool_kernel=80,
+                                    classifier_channels=8, num_frames=400)
 
 
 def make_run_dir(path, config=TINY_WAVEUNET, arch: str = "waveunet"):
     """A run directory holding an untrained (random) model of ``arch``: enough to test the plumbing."""
-    from models.registry import ARCHITECTURES
     from runtime.run_directory import RunDirectory
 
     run_directory = RunDirectory(path)
@@ -156,8 +140,6 @@ def best_constant_gain_loss(batches) -> float:
 
 
 def mulaw_classes(waveform) -> np.ndarray:
-    from models import mulaw
-
     return np.asarray(mulaw.encode(np.asarray(waveform, np.float32))).astype(np.int64)
 
 
@@ -166,46 +148,64 @@ def silence_class() -> int:
     return int(mulaw_classes(np.zeros(1))[0])
 
 
-def class_entropy(batches, source: str = "vocals") -> float:
-    """Cross-entropy of the best constant predictor on ``batches``: the entropy of the
-    ``source`` targets' class histogram there (fitted on the same batches: a lower bound
-    for any constant predictor)."""
-    from models import mulaw
-
-    classes = np.concatenate([mulaw_classes(targets[source]).ravel() for _, targets in numpy_batches(batches)])
-    frequencies = np.bincount(classes, minlength=mulaw.CLASSES) / classes.size
-    frequencies = frequencies[frequencies > 0]
-    return float(-np.sum(frequencies * np.log(frequencies)))
+def previous_classes(classes: np.ndarray) -> np.ndarray:
+    """Each sample's previous class along time (axis 1), silence before the first."""
+    return np.concatenate([np.full_like(classes[:, :1], silence_class()), classes[:, :-1]], axis=1)
 
 
-def class_contexts(pairs) -> dict:
+def class_streams(pairs) -> dict:
     """Flattened class streams of ``(mix, target)`` waveform pairs ``[b, t, c]`` (each example
     and channel a stream): the target class, the mix class at the same sample, the target's
     previous class (silence before the first sample, as a causal decoder hears it)."""
     mix = np.concatenate([mulaw_classes(m) for m, _ in pairs])
     target = np.concatenate([mulaw_classes(t) for _, t in pairs])
-    previous = np.concatenate([np.full_like(target[:, :1], silence_class()), target[:, :-1]], axis=1)
-    return {"target": target.ravel(), "mix": mix.ravel(), "previous": previous.ravel()}
+    return {"target": target.ravel(), "mix": mix.ravel(), "previous": previous_classes(target).ravel()}
 
 
-def conditional_log_probabilities(fit_context: np.ndarray, fit_target: np.ndarray, context: np.ndarray,
-                                  target: np.ndarray) -> np.ndarray:
-    """``log p(target | context)`` for each evaluated sample, p estimated by counting
-    ``(context, target)`` in the fit samples with add-one (Laplace) smoothing over the 256
-    classes. Contexts are integers (of any range); only those evaluated are counted."""
-    from models import mulaw
+def contexts_of(classes: dict, names) -> np.ndarray:
+    """One integer per sample for the classes named (e.g. ``("mix", "previous")``)."""
+    context = np.zeros_like(classes[names[0]])
+    for name in names:
+        context = context * mulaw.CLASSES + classes[name]
+    return context
 
-    classes = mulaw.CLASSES
-    fit_keys, keys = fit_context * classes + fit_target, context * classes + target
-    pair_values, pair_counts = np.unique(fit_keys, return_counts=True)
-    context_values, context_counts = np.unique(fit_context, return_counts=True)
 
-    def lookup(values, counts, wanted):
-        index = np.clip(np.searchsorted(values, wanted), 0, max(len(values) - 1, 0))
-        return np.where(values[index] == wanted, counts[index], 0) if len(values) else np.zeros_like(wanted)
+class ConditionalClasses:
+    """p(target class | context), counted on fit samples with add-one (Laplace) smoothing
+    over the 256 classes; contexts are integers of any range (``contexts_of``)."""
 
-    joint, marginal = lookup(pair_values, pair_counts, keys), lookup(context_values, context_counts, context)
-    return np.log(joint + 1.0) - np.log(marginal + classes)
+    def __init__(self, context: np.ndarray, target: np.ndarray):
+        self.pairs, self.pair_counts = np.unique(context * mulaw.CLASSES + target, return_counts=True)
+        self.contexts, self.context_counts = np.unique(context, return_counts=True)
+
+    @staticmethod
+    def _count(values, counts, wanted):
+        index = np.clip(np.searchsorted(values, wanted), 0, len(values) - 1)
+        return np.where(values[index] == wanted, counts[index], 0)
+
+    def log_distributions(self, context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, index)``: ``rows[index[i]]`` is log p(. | context[i]) over the 256 classes
+        (one row per distinct context, to keep memory small)."""
+        distinct, index = np.unique(context, return_inverse=True)
+        pairs = self._count(self.pairs, self.pair_counts, distinct[:, None] * mulaw.CLASSES + np.arange(mulaw.CLASSES))
+        totals = self._count(self.contexts, self.context_counts, distinct)
+        return np.log(pairs + 1.0) - np.log(totals + float(mulaw.CLASSES))[:, None], index.reshape(context.shape)
+
+    def cross_entropy(self, context: np.ndarray, target: np.ndarray) -> float:
+        rows, index = self.log_distributions(context)
+        return float(-np.mean(rows[index, target]))
+
+
+def entropy(classes: np.ndarray) -> float:
+    """The entropy of the classes' histogram: the cross-entropy, on those very classes, of
+    the best constant predictor (a lower bound for any constant predictor)."""
+    frequencies = np.bincount(classes.ravel(), minlength=mulaw.CLASSES) / classes.size
+    frequencies = frequencies[frequencies > 0]
+    return float(-np.sum(frequencies * np.log(frequencies)))
+
+
+# The non-separating predictors and the classes each conditions on.
+NON_SEPARATING_CONTEXTS = {"pointwise": ("mix",), "bigram": ("previous",), "pointwise+bigram": ("mix", "previous")}
 
 
 def non_separating_cross_entropies(fit_pairs, evaluation_pairs) -> dict:
@@ -213,31 +213,17 @@ def non_separating_cross_entropies(fit_pairs, evaluation_pairs) -> dict:
     separate, each estimated on ``fit_pairs`` (both lists of ``(mix, target)`` waveforms
     ``[b, t, c]``, the mix aligned with the target):
 
-    - ``marginal``: the target classes' own histogram on the evaluation pairs (``class_entropy``);
+    - ``marginal``: the target classes' own histogram on the evaluation pairs (``entropy``);
     - ``pointwise``: p(target_t | mix_t), any function of the current mix sample's class;
     - ``bigram``: p(target_t | target_t-1), the previous target sample (what a teacher-forced
       autoregressive decoder hears);
     - ``pointwise+bigram``: p(target_t | mix_t, target_t-1)."""
-    fit, evaluation = class_contexts(fit_pairs), class_contexts(evaluation_pairs)
-
-    def cross_entropy(*names):
-        def context(streams):
-            values = np.zeros_like(streams["target"])
-            for name in names:
-                values = values * 256 + streams[name]
-            return values
-
-        return float(-np.mean(conditional_log_probabilities(context(fit), fit["target"], context(evaluation),
-                                                            evaluation["target"])))
-
-    from models import mulaw
-
-    frequencies = np.bincount(evaluation["target"], minlength=mulaw.CLASSES) / evaluation["target"].size
-    frequencies = frequencies[frequencies > 0]
-    return {"marginal": float(-np.sum(frequencies * np.log(frequencies))),
-            "pointwise": cross_entropy("mix"),
-            "bigram": cross_entropy("previous"),
-            "pointwise+bigram": cross_entropy("mix", "previous")}
+    fit, evaluation = class_streams(fit_pairs), class_streams(evaluation_pairs)
+    scores = {"marginal": entropy(evaluation["target"])}
+    for name, names in NON_SEPARATING_CONTEXTS.items():
+        predictor = ConditionalClasses(contexts_of(fit, names), fit["target"])
+        scores[name] = predictor.cross_entropy(contexts_of(evaluation, names), evaluation["target"])
+    return scores
 
 
 # How far below each baseline a model's cross-entropy must be: more than float32 rounding and
@@ -272,9 +258,6 @@ class ClassBatches:
     fit_pairs: list  # (mix aligned with the target, target)
     baselines: dict
 
-    def pairs(self):
-        return centred_pairs(self.evaluation, self.source)
-
 
 def class_model_batches(run: dict, arch: str, config, source: str, fit_batches: int = 1024,
                         evaluation_batches: int = 32, batch_size: int = 4) -> ClassBatches:
@@ -285,7 +268,6 @@ def class_model_batches(run: dict, arch: str, config, source: str, fit_batches: 
 
     from data_pipeline.crops import CropSpec
     from data_pipeline.pipeline import make_dataset
-    from models.registry import ARCHITECTURES
     from training.data import training_groups
 
     crop = CropSpec(*ARCHITECTURES[arch].input_length_for(config, config.num_frames))
@@ -305,8 +287,6 @@ def class_model_batches(run: dict, arch: str, config, source: str, fit_batches: 
 def model_inputs(batches: ClassBatches, mix: np.ndarray, targets: dict):
     """The model's inputs for a batch: the mix; for a teacher-forced decoder (an architecture
     with ``training_batch``) its training inputs, with every example's real mix."""
-    from models.registry import ARCHITECTURES
-
     batch_function = ARCHITECTURES[batches.arch].training_batch(batches.config)
     if batch_function is None:
         return mix
@@ -318,40 +298,27 @@ def class_cross_entropy(predict_logits, batches: ClassBatches) -> float:
     """Mean cross-entropy in nats, per sample and channel, of ``predict_logits`` (model
     inputs -> class logits of ``batches.source``) on the evaluation batches, with the
     architecture's own loss function."""
-    from models.registry import ARCHITECTURES
-
     loss = ARCHITECTURES[batches.arch].losses(batches.config)[batches.source]
     values = [np.asarray(loss(targets[batches.source], predict_logits(model_inputs(batches, mix, targets))))
               for mix, targets in batches.evaluation]
     return float(np.mean(np.concatenate([value.ravel() for value in values])))
 
 
-def non_separating_stand_in(batches: ClassBatches, context_names=("mix",)):
-    """A predictor that does not separate, in a model's place: ``predict_logits`` whose
-    logits at each output sample are the log-probabilities, counted on the fit pairs with
-    add-one smoothing, of the target class given the mix sample's class there (``"mix"``)
-    and/or the target's previous class (``"previous"``, read from a teacher-forced input).
-    Its cross-entropy is the baseline's of the same name."""
-    from models import mulaw
-
-    fit = class_contexts(batches.fit_pairs)
-    context = np.zeros_like(fit["target"])
-    for name in context_names:
-        context = context * mulaw.CLASSES + fit[name]
-    contexts = mulaw.CLASSES ** len(context_names)
-    counts = np.bincount(context * mulaw.CLASSES + fit["target"], minlength=contexts * mulaw.CLASSES)
-    counts = counts.reshape(contexts, mulaw.CLASSES) + 1.0
-    table = (np.log(counts) - np.log(counts.sum(axis=1, keepdims=True))).astype(np.float32)
+def non_separating_stand_in(batches: ClassBatches, name: str):
+    """The non-separating predictor ``name`` (``NON_SEPARATING_CONTEXTS``) in a model's place:
+    ``predict_logits`` whose logits at each output sample are its log-probabilities, counted
+    on the fit pairs, given the mix sample's class there and/or the target's previous class
+    (read from the teacher-forced input). Its cross-entropy is that baseline's."""
+    names = NON_SEPARATING_CONTEXTS[name]
+    fit = class_streams(batches.fit_pairs)
+    predictor = ConditionalClasses(contexts_of(fit, names), fit["target"])
 
     def predict_logits(inputs):
         mix = inputs["mix"] if isinstance(inputs, dict) else inputs
         classes = {"mix": mulaw_classes(centre(mix, batches.output_length))}
-        if "previous" in context_names:
-            heard = mulaw_classes(inputs[f"{batches.source}_in"])
-            classes["previous"] = np.concatenate([np.full_like(heard[:, :1], silence_class()), heard[:, :-1]], axis=1)
-        index = np.zeros_like(classes["mix"])
-        for name in context_names:
-            index = index * mulaw.CLASSES + classes[name]
-        return table[index]
+        if "previous" in names:
+            classes["previous"] = previous_classes(mulaw_classes(inputs[f"{batches.source}_in"]))
+        rows, index = predictor.log_distributions(contexts_of(classes, names))
+        return rows[index].astype(np.float32)
 
     return predict_logits

@@ -4,7 +4,8 @@ over each model: its config round-trips; it builds and survives a .keras round t
 its length arithmetic and chunk plans match what it computes; a song separated in
 chunks equals one pass (an architecture that separates by generation: the same song
 gives the same samples); its export matches the Keras model (``runtime.export`` checks
-parity itself) and separate.py runs on it; a few training steps lower its loss; and it
+parity itself) and separate.py runs on it; its ONNX export matches too, or is refused
+for a model that separates by generation; a few training steps lower its loss; and it
 trains under JAX without TensorFlow.
 
 A new architecture is a model file plus its registration: its cases appear here by
@@ -24,7 +25,8 @@ from models.registry import ARCHITECTURES
 from runtime import export
 from runtime.chunking import separate_song
 from runtime.loading import load_separator
-from tests.helpers import TINY_UMT_A, TINY_UMT_FULL, TINY_WAVENET, TINY_WAVEUNET, make_run_dir, run_without_tensorflow
+from tests.helpers import (TINY_UMT_A, TINY_UMT_FULL, TINY_WAVENET, TINY_WAVEUNET, centre, make_run_dir,
+                           run_without_tensorflow)
 
 # (architecture, variant) -> a config small enough for these checks to take seconds.
 TINY = {
@@ -58,9 +60,8 @@ def training_example(arch, config, output_length=200, batch=2, seed=0):
     architecture = ARCHITECTURES[arch]
     input_length, output_length = architecture.input_length_for(config, output_length)
     mix = random_mix(config, input_length, batch, seed)
-    start = (input_length - output_length) // 2
-    centre = mix[:, start:start + output_length]
-    targets = {"vocals": 0.3 * centre, "accompaniment": 0.7 * centre}
+    aligned = centre(mix, output_length)
+    targets = {"vocals": 0.3 * aligned, "accompaniment": 0.7 * aligned}
     batch_function = architecture.training_batch(config)
     if batch_function is None:
         return mix, targets
@@ -144,10 +145,10 @@ def sources_add_up(arch, config) -> bool:
     architecture = ARCHITECTURES[arch]
     input_length, output_length = architecture.input_length_for(config, 200)
     mix = random_mix(config, input_length)
-    sources = architecture.run_windows(architecture.build(config), config, mix)
-    start = (input_length - output_length) // 2
+    model = architecture.build(config)
+    sources = tf.function(lambda windows: architecture.run_windows(model, config, windows))(mix)
     total = np.asarray(sources["vocals"]) + np.asarray(sources["accompaniment"])
-    return bool(np.allclose(total, mix[:, start:start + output_length], atol=1e-5))
+    return bool(np.allclose(total, centre(mix, output_length), atol=1e-5))
 
 
 @contract

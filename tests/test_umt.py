@@ -228,27 +228,30 @@ def test_separate_windows_cuts_windows_into_parallel_segments():
 
 # ---------------------------------------------------------------- training
 
-# train.py steps and learning rate per variant: for the full variant, what it takes to beat
-# the predictors below (about STEPS_TIME s on 2 cores); Structure A, which does not beat the
-# pointwise predictor in steps this suite can afford (below), as few as pass the rest.
-TRAINING = {"a": (120, 3e-3), "full": (1200, 1e-2)}
+# train.py steps, learning rate and pitch shift per variant. The full variant: what it takes to
+# beat the predictors below (about 90 s on 2 cores), without pitch shift, which cost the tiny
+# model about 0.05 nats at these steps (3.90 against 3.84 nats). Structure A, which does not
+# beat the pointwise predictor in steps this suite can afford (below): as few as pass the
+# rest, with UMT's pitch shift, so train.py's pitch-shifted tf.data path trains a UMT here.
+TRAINING = {"a": (120, 3e-3, 0.5), "full": (1200, 1e-2, 0.0)}
 # What each variant's trained model must beat, in nats of the accompaniment's mu-law classes
 # (tests/helpers.py, non_separating_cross_entropies): Structure A sees only the mix; the
 # full decoder also hears the accompaniment's past samples (teacher forcing).
 MUST_BEAT = {"a": ("marginal", "pointwise"), "full": ("marginal", "pointwise", "bigram", "pointwise+bigram")}
 STRUCTURE_A_IS_NO_BETTER_THAN_POINTWISE = (
-    "Structure A (tiny) does not beat the pointwise predictor within a test's time: measured "
-    "A_MEASURED")
+    "tiny Structure A does not beat the pointwise predictor (3.91 nats; marginal 5.07) in a test's time: "
+    "4.58 nats after the test's 120 steps at 3e-3; at 1e-2, 4.21 after 1000 steps and 4.11 after 2000 "
+    "(16-channel layers: 4.18 after 1000; 3e-2: 4.45 after 1000)")
 
 
 @pytest.fixture(scope="module", params=["a", "full"])
 def trained(request, tmp_path_factory):
     """(config, run directory, model, history, class batches) of a tiny UMT of each variant trained by train.py."""
     config = TINY_A if request.param == "a" else TINY_FULL
-    steps, learning_rate = TRAINING[request.param]
+    steps, learning_rate, pitch_shift = TRAINING[request.param]
     run_dir = tmp_path_factory.mktemp(f"umt-{request.param}") / "run"
     run = write_run(run_dir, tmp_path_factory.mktemp("cache"), steps, steps, arch="umt", model=config,
-                    learning_rate=learning_rate, pitch_shift_semitones=0.5, clip_norm=1.0)
+                    learning_rate=learning_rate, pitch_shift_semitones=pitch_shift, clip_norm=1.0)
     model, history = train.train(*train.resolve_run(train.parse_args(["--resume", str(run_dir)])))
     return config, run_dir, model, history, class_model_batches(run, "umt", config, "accompaniment")
 
@@ -263,14 +266,18 @@ def test_training_beats_the_constant_class_distribution(trained):
     config, run_dir, model, history, batches = trained
     assert int(model.optimizer.iterations.numpy()) == TRAINING[config.variant][0]
     assert "val_sdr_vocals" in history.history and RunDirectory(run_dir).best_checkpoint.is_file()
-    # Of 5.55 for a uniform guess. Measured: MEASURED_MARGINAL.
-    assert accompaniment_loss(model, batches) < batches.baselines["marginal"] - 0.3, batches.baselines
+    # Of 5.55 for a uniform guess. Measured: Structure A 4.58, full 3.84 (teacher-forced, on real
+    # mixes), against 5.07.
+    model_loss = accompaniment_loss(model, batches)
+    print(f"umt-{config.variant}: {model_loss:.3f} nats; baselines {batches.baselines}")
+    assert model_loss < batches.baselines["marginal"] - 0.3, (model_loss, batches.baselines)
     if config.variant == "full":
         mix = np.concatenate([mix for mix, _ in batches.evaluation])
         targets = {source: np.concatenate([t[source] for _, t in batches.evaluation])
                    for source in ("vocals", "accompaniment")}
         inputs, mapped = keras.tree.map_structure(np.asarray, training_batch(config)(mix, targets))
         scores = model.evaluate(inputs, mapped, batch_size=4, verbose=0, return_dict=True)
+        print(f"umt-full: domain loss {scores['domain_loss']:.3f}")
         assert abs(scores["domain_loss"] - math.log(2)) < 0.2  # the encoder works against the classifier
 
 
@@ -280,7 +287,10 @@ def test_training_beats_every_predictor_that_does_not_separate(trained, request)
         request.applymarker(pytest.mark.xfail(strict=True, reason=STRUCTURE_A_IS_NO_BETTER_THAN_POINTWISE))
     model_loss = accompaniment_loss(model, batches)
     print(f"umt-{config.variant}: {model_loss:.3f} nats; baselines {batches.baselines}")
-    # Measured: MEASURED_ALL.
+    # Measured, full: 3.84 against pointwise 3.91, pointwise+bigram 4.20, bigram 4.28, marginal 5.07,
+    # the predictors counted on 4096 crops, about the 4800 the model trains on. With add-one
+    # smoothing over 65536 contexts the joint predictor needs more: on 16384 crops it reaches 3.81
+    # (pointwise 3.90), which this model does not beat. Structure A: an expected failure (above).
     assert_beats_non_separating_baselines(model_loss, batches.baselines, MUST_BEAT[config.variant])
 
 
@@ -289,10 +299,10 @@ def test_a_predictor_that_does_not_separate_in_the_models_place_fails_that_check
     sample (for the full variant also of the accompaniment's previous sample), counted on
     the fit crops and scored as the model is, fails it."""
     config, batches = trained[0], trained[4]
-    stand_ins = {"pointwise": ["mix"]} if config.variant == "a" else {"pointwise": ["mix"], "bigram": ["previous"]}
-    for name, contexts in stand_ins.items():
-        loss = class_cross_entropy(non_separating_stand_in(batches, contexts), batches)
+    for name in ("pointwise",) if config.variant == "a" else ("pointwise", "bigram", "pointwise+bigram"):
+        loss = class_cross_entropy(non_separating_stand_in(batches, name), batches)
         assert loss == pytest.approx(batches.baselines[name], abs=1e-4), name
         assert loss < batches.baselines["marginal"] - 0.3, name  # what the check used to ask for
-        with pytest.raises(AssertionError, match=rf"(: |, ){re.escape(name)} \d"):
+        with pytest.raises(AssertionError, match=rf"(: |, ){re.escape(name)} \d") as failure:
             assert_beats_non_separating_baselines(loss, batches.baselines, MUST_BEAT[config.variant])
+        print(f"umt-{config.variant}, the {name} predictor in the model's place: {failure.value}")
