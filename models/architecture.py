@@ -42,6 +42,12 @@ class Architecture:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(self.variants)}")
         return f"{name}-{variant}"
 
+    def separates_in_one_pass(self, config) -> bool:
+        """Whether each output sample is a fixed function of a finite window around it
+        (no sampling decoder): then a stream separated chunk by chunk with that window's
+        lookahead equals offline separation, delayed (``runtime.streaming``)."""
+        return self.generator(config) is None
+
     def run_windows(self, model, config, windows) -> dict:
         """Chunk-plan windows ``[n, input_length, channels]`` -> {"vocals", "accompaniment"}
         ``[n, output_length, channels]``: what separation runs on every chunk."""

@@ -17,7 +17,7 @@ from runtime.resampling import ResampleStream
 from runtime.separator import Separator
 
 
-class _Fifo:
+class SampleFifo:
     """Samples waiting to be matched with samples that another path produces later."""
 
     def __init__(self, channels: int):
@@ -83,21 +83,24 @@ class SongSeparation:
     difference-output model's sources add up to the input."""
 
     def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
-                 progress=None):
+                 progress=None, *, chunk_output_length: int | None = None, resample_stream=ResampleStream):
+        """``chunk_output_length`` (model samples) overrides ``chunk_seconds``;
+        ``resample_stream``: the form of the resampling rule (live streams take
+        ``runtime.resampling.LiveResampleStream``, which waits less)."""
         model_rate = separator.sample_rate
-        plan = separator.chunk_plan(max(1, int(chunk_seconds * model_rate)))
-        self.runner = _ChunkRunner(separator, plan, channels, progress)
+        self.plan = separator.chunk_plan(chunk_output_length or max(1, int(chunk_seconds * model_rate)))
+        self.runner = _ChunkRunner(separator, self.plan, channels, progress)
         self.resampled = sample_rate != model_rate
 
         def stream(from_rate, to_rate):
-            return ResampleStream(from_rate, to_rate, channels)
+            return resample_stream(from_rate, to_rate, channels)
 
         if self.resampled:
             self.to_model = stream(sample_rate, model_rate)
             self.to_input = {source: stream(model_rate, sample_rate) for source in SOURCES}
             self.round_trip = stream(model_rate, sample_rate)  # the input as the model gets it, back at its rate
-            self.input_awaiting_round_trip = _Fifo(channels)
-            self.round_trip_loss = _Fifo(channels)  # input minus its round trip, waiting for the accompaniment
+            self.input_awaiting_round_trip = SampleFifo(channels)
+            self.round_trip_loss = SampleFifo(channels)  # input minus its round trip, waiting for the accompaniment
 
     def push(self, block: np.ndarray, last: bool = False) -> dict:
         block = np.asarray(block, np.float32)

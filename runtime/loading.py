@@ -83,7 +83,7 @@ def _separator_from_facts(forward, facts: ModelFacts, source: str, runtime: str)
     config = architecture.config_from_dict(facts.model)
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
                      chunk_plan=functools.partial(architecture.chunk_plan, config), source=source,
-                     description=f"{facts.arch} ({runtime})")
+                     description=f"{facts.arch} ({runtime})", one_pass=architecture.separates_in_one_pass(config))
 
 
 # The signature of an exported SavedModel that runs one model call on chunk-plan windows.

@@ -107,3 +107,95 @@ class ResampleStream:
 def resample(signal: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """``[time, channels]`` from one rate to the other by the rule: ``[ceil(time * to_rate / from_rate), channels]``."""
     return ResampleStream(from_rate, to_rate, signal.shape[1]).resample_chunk(signal, last=True)
+
+
+# ---------------------------------------------------------------- the rule as a short filter, for live streams
+
+# For live streams the rule's impulse response is cut this many periods of its band
+# edge's width from its centre (25 ms between 44.1 and 22.05 kHz, 70 ms at 8 kHz):
+# each resampling then waits that long for its lookahead. The raised-cosine edge makes
+# the response fall as 1/t**3, so against the windowed FFT form the cut leaves an
+# error under 1e-5 on full-scale noise at every rate pair, far less on music.
+LIVE_HALF_WIDTH_EDGE_PERIODS = 14
+# Above this many filter taps over all phases (rates whose ratio reduces to a large
+# numerator, e.g. 44101 -> 22050), live resampling is refused: its table would not fit.
+MAX_LIVE_TAPS = 8_000_000
+
+
+def impulse_response(seconds: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """The rule's continuous impulse response, as a weight per input sample: the inverse
+    Fourier transform of ``band_gain`` (a raised-cosine spectrum), divided by ``from_rate``."""
+    nyquist = min(from_rate, to_rate) / 2
+    edge = (1 - ROLLOFF) * nyquist
+    width, span = nyquist - edge, nyquist + edge
+    seconds = np.asarray(seconds, np.float64)
+    envelope_denominator = 1 - (2 * width * seconds) ** 2
+    singular = np.abs(envelope_denominator) < 1e-9  # the removable singularity: its limit is pi/4
+    envelope = np.where(singular, np.pi / 4,
+                        np.cos(np.pi * width * seconds) / np.where(singular, 1.0, envelope_denominator))
+    return span * np.sinc(span * seconds) * envelope / from_rate
+
+
+class LiveResampleStream:
+    """The rule as a finite filter for live streams: ``resample_chunk`` returns every
+    output sample whose lookahead (``LIVE_HALF_WIDTH_EDGE_PERIODS``) has arrived, so a
+    stream waits ``lookahead_seconds`` at most, whatever its blocks (``ResampleStream``
+    waits for whole 8-second segments). Equal rates pass through."""
+
+    def __init__(self, from_rate: int, to_rate: int, channels: int):
+        from math import gcd
+
+        self.from_rate, self.to_rate = int(from_rate), int(to_rate)
+        edge_width = ROLLOFF * min(self.from_rate, self.to_rate) / 2
+        self.half_taps = int(np.ceil(LIVE_HALF_WIDTH_EDGE_PERIODS / edge_width * self.from_rate))
+        self.phases = self.to_rate // gcd(self.from_rate, self.to_rate)
+        if self.from_rate != self.to_rate and self.phases * 2 * self.half_taps > MAX_LIVE_TAPS:
+            raise ValueError(f"live resampling from {self.from_rate} to {self.to_rate} Hz would need "
+                             f"{self.phases} filter phases; use a common sample rate (e.g. 44100 or 48000 Hz)")
+        # Output sample m sits at input position m * from / to = n0 + r / to (r = m * from mod to,
+        # a multiple of the rates' gcd): its taps are inputs n0 - half_taps + 1 .. n0 + half_taps.
+        step = self.to_rate // self.phases
+        offsets = np.arange(-self.half_taps + 1, self.half_taps + 1)
+        remainders = np.arange(self.phases)[:, None] * step
+        self.weights = (impulse_response((remainders - offsets[None] * self.to_rate) / (self.from_rate * self.to_rate),
+                                         self.from_rate, self.to_rate).astype(np.float32)
+                        if self.from_rate != self.to_rate else None)
+        # buffer[0] is input sample `self.first`; the song is preceded by silence.
+        self.buffer = np.zeros((self.half_taps, channels), np.float32)
+        self.first = -self.half_taps
+        self.received = self.emitted = 0
+
+    @property
+    def lookahead_seconds(self) -> float:
+        """How far past an output sample's time its last tap lies (0 for equal rates)."""
+        return 0.0 if self.from_rate == self.to_rate else self.half_taps / self.from_rate
+
+    def _outputs(self, stop: int, pieces: list, max_rows: int = 4096) -> None:
+        while self.emitted < stop:  # in pieces, so that a long block costs bounded memory
+            m = np.arange(self.emitted, min(stop, self.emitted + max_rows))
+            n0, remainder = np.divmod(m * self.from_rate, self.to_rate)
+            starts = n0 - self.half_taps + 1 - self.first
+            channels_first = np.ascontiguousarray(self.buffer.T)  # windows along contiguous memory: BLAS-fast
+            windows = np.lib.stride_tricks.sliding_window_view(channels_first, 2 * self.half_taps, axis=1)
+            taps = self.weights[remainder // (self.to_rate // self.phases)]
+            pieces.append(np.matmul(windows[:, starts].transpose(1, 0, 2), taps[:, :, None])[..., 0])
+            self.emitted = int(m[-1]) + 1
+        next_start = (self.emitted * self.from_rate) // self.to_rate - self.half_taps + 1
+        drop = max(0, next_start - self.first)
+        self.buffer, self.first = self.buffer[drop:], self.first + drop
+
+    def resample_chunk(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        block = np.asarray(block, np.float32)
+        self.received += len(block)
+        if self.from_rate == self.to_rate:
+            self.emitted += len(block)
+            return block
+        self.buffer = np.concatenate([self.buffer, block])
+        if last:  # silence after the song
+            self.buffer = np.pad(self.buffer, [(0, self.half_taps), (0, 0)])
+            stop = output_length(self.received, self.from_rate, self.to_rate)
+        else:  # m is ready once input n0(m) + half_taps has arrived
+            stop = max(self.emitted, -(-((self.received - self.half_taps) * self.to_rate) // self.from_rate))
+        pieces = []
+        self._outputs(stop, pieces)
+        return np.concatenate(pieces) if pieces else np.zeros((0, self.buffer.shape[1]), np.float32)

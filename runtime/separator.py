@@ -27,6 +27,7 @@ class Separator:
     chunk_plan: Callable[[int], ChunkPlan]  # chunk output length -> the plan for calls of about that length
     source: str  # where the model was loaded from, for messages
     description: str  # what the model is (e.g. its architecture), for messages
+    one_pass: bool = True  # no sampling decoder: can separate live (Architecture.separates_in_one_pass)
 
     def passes(self, input_channels: int) -> int:
         """Model passes over a song: a mono model runs once per channel of a stereo song."""
@@ -57,4 +58,5 @@ def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separ
         return {s: keras.ops.convert_to_numpy(e) for s, e in graph_forward(mix).items()}
 
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
-                     chunk_plan=functools.partial(architecture.chunk_plan, config), source=source, description=arch)
+                     chunk_plan=functools.partial(architecture.chunk_plan, config), source=source, description=arch,
+                     one_pass=architecture.separates_in_one_pass(config))
