@@ -31,6 +31,11 @@ class Architecture:
     # (config) -> None for a model whose one pass separates (``inference_head(model(windows))``),
     # else a function (model, windows) -> sources, e.g. autoregressive generation.
     generator: Callable = lambda config: None
+    # (keras model, config) -> None, or a factory (batch) -> an executor that runs the model
+    # on a stream, each layer's samples computed once (``push(mix [batch, n, channels])``
+    # -> ready outputs per source; ``ready(received)`` -> outputs given so far), e.g.
+    # ``models.waveunet_streaming``. Live streams use it instead of recomputing windows.
+    incremental: Callable = lambda model, config: None
     # (config) -> the validation metric that picks the best checkpoint and stops early.
     checkpoint_metric: Callable = lambda config: "val_loss"
 

@@ -241,6 +241,15 @@ def sources_from_outputs(outputs: dict) -> dict:
     return outputs
 
 
+def incremental(model, config: WaveUNetConfig):
+    """A float32 model with context runs on a stream layer by layer (``models.waveunet_streaming``)."""
+    if not config.context or model.dtype_policy.compute_dtype != "float32":
+        return None
+    from models.waveunet_streaming import WaveUNetStream
+
+    return lambda batch: WaveUNetStream(model, config, batch)
+
+
 ARCHITECTURE = Architecture(
     configs=CONFIGS,
     default_config=DEFAULT_CONFIG,
@@ -251,4 +260,5 @@ ARCHITECTURE = Architecture(
     training_presets=TRAINING_PRESETS,
     losses=losses,
     inference_head=sources_from_outputs,
+    incremental=incremental,
 )

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from models.architecture import SOURCES
 from models.framing import ChunkPlan
+from runtime.channels import channel_rule, into_model, out_of_model
 from runtime.resampling import ResampleStream
 from runtime.separator import Separator
+
+_ONE_BLAS_THREAD = ThreadpoolController()
 
 
 class SampleFifo:
@@ -41,6 +45,8 @@ class _ChunkRunner:
         self.separator, self.plan, self.progress = separator, plan, progress
         self.buffer = np.zeros((plan.lead, channels), np.float32)
         self.received = self.emitted = 0
+        # A chunk runs once the input for its last output has arrived.
+        self.delay = plan.input_length - plan.lead - 1
 
     def _run_chunk(self) -> dict:
         window = self.buffer[:self.plan.input_length]
@@ -68,6 +74,40 @@ class _ChunkRunner:
                 for source in SOURCES}
 
 
+class _IncrementalRunner:
+    """What ``_ChunkRunner`` gives, from a stream executor (``Separator.incremental``) that
+    computes each layer's samples once: the work per sample of one pass over the song,
+    however small the blocks. The executor sees the song after ``plan.lead`` samples of
+    silence, as the first chunk does, so its outputs start at the song's first sample."""
+
+    def __init__(self, separator: Separator, plan: ChunkPlan, channels: int):
+        self.rule = channel_rule(channels, separator.channels)
+        self.executor = separator.incremental(len(self.rule))  # one stream per model pass
+        self.lead, self.flush = plan.lead, plan.input_length
+        self.received = self.emitted = 0
+        self.channels = channels
+        self._run(np.zeros((plan.lead, channels), np.float32))
+        # The longest wait between a sample's arrival and its output: the readiness
+        # repeats with the decimation grid, which one chunk's input covers twice over.
+        self.delay = max(received - self.executor.ready(self.lead + received)
+                         for received in range(2 * plan.input_length))
+
+    def _run(self, samples: np.ndarray) -> dict:
+        with _ONE_BLAS_THREAD.limit(limits=1, user_api="blas"):  # small matrices: threads only contend
+            outputs = self.executor.push(into_model(samples[None], self.rule))
+        return {source: out_of_model(output, self.rule)[0] for source, output in outputs.items()}
+
+    def push(self, samples: np.ndarray, last: bool = False) -> dict:
+        self.received += len(samples)
+        estimates = self._run(samples)
+        if last:  # silence after the song until every sample has its output
+            tail = self._run(np.zeros((self.flush, self.channels), np.float32))
+            estimates = {source: np.concatenate([estimates[source], tail[source]]) for source in SOURCES}
+        done = min(len(estimates["vocals"]), self.received - self.emitted)
+        self.emitted += done
+        return {source: estimate[:done] for source, estimate in estimates.items()}
+
+
 class SongSeparation:
     """Separates one song fed block by block at its own rate and channel count.
 
@@ -83,13 +123,18 @@ class SongSeparation:
     difference-output model's sources add up to the input."""
 
     def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
-                 progress=None, *, chunk_output_length: int | None = None, resample_stream=ResampleStream):
+                 progress=None, *, chunk_output_length: int | None = None, resample_stream=ResampleStream,
+                 incremental: bool = False):
         """``chunk_output_length`` (model samples) overrides ``chunk_seconds``;
         ``resample_stream``: the form of the resampling rule (live streams take
-        ``runtime.resampling.LiveResampleStream``, which waits less)."""
+        ``runtime.resampling.LiveResampleStream``, which waits less); ``incremental``:
+        run the model's stream executor where it has one (small blocks) instead of
+        chunks (whole songs: long chunks waste little)."""
         model_rate = separator.sample_rate
         self.plan = separator.chunk_plan(chunk_output_length or max(1, int(chunk_seconds * model_rate)))
-        self.runner = _ChunkRunner(separator, self.plan, channels, progress)
+        self.runner = (_IncrementalRunner(separator, self.plan, channels)
+                       if incremental and separator.incremental is not None
+                       else _ChunkRunner(separator, self.plan, channels, progress))
         self.resampled = sample_rate != model_rate
 
         def stream(from_rate, to_rate):

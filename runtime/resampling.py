@@ -170,15 +170,37 @@ class LiveResampleStream:
         """How far past an output sample's time its last tap lies (0 for equal rates)."""
         return 0.0 if self.from_rate == self.to_rate else self.half_taps / self.from_rate
 
+    def _polyphase(self, rows: np.ndarray, starts: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """Outputs ``rows`` by one correlation per (phase, input phase, channel): rows of one
+        phase have windows ``hop`` inputs apart, so splitting the input and the taps ``hop``
+        ways makes each a plain correlation, without copying the overlapping windows."""
+        hop = self.from_rate // (self.to_rate // self.phases)  # input samples between rows of one phase
+        out = np.zeros((len(rows), self.buffer.shape[1]), np.float32)
+        for p in range(self.phases):
+            selected = np.flatnonzero(phase == p)
+            if len(selected) == 0:
+                continue
+            first, count = starts[selected[0]], len(selected)
+            for offset in range(hop):
+                taps = self.weights[p, offset::hop]
+                signal = self.buffer[first + offset::hop][:count + len(taps) - 1]
+                for channel in range(self.buffer.shape[1]):
+                    out[selected, channel] += np.correlate(signal[:, channel], taps, mode="valid")
+        return out
+
     def _outputs(self, stop: int, pieces: list, max_rows: int = 4096) -> None:
         while self.emitted < stop:  # in pieces, so that a long block costs bounded memory
             m = np.arange(self.emitted, min(stop, self.emitted + max_rows))
             n0, remainder = np.divmod(m * self.from_rate, self.to_rate)
             starts = n0 - self.half_taps + 1 - self.first
-            channels_first = np.ascontiguousarray(self.buffer.T)  # windows along contiguous memory: BLAS-fast
-            windows = np.lib.stride_tricks.sliding_window_view(channels_first, 2 * self.half_taps, axis=1)
-            taps = self.weights[remainder // (self.to_rate // self.phases)]
-            pieces.append(np.matmul(windows[:, starts].transpose(1, 0, 2), taps[:, :, None])[..., 0])
+            phase = remainder // (self.to_rate // self.phases)
+            if self.phases * self.from_rate // (self.to_rate // self.phases) <= 16:  # e.g. 44.1 <-> 22.05 kHz
+                pieces.append(self._polyphase(m, starts, phase))
+            else:  # many phases: gather each output's window (a copy) and weigh it with its phase's taps
+                channels_first = np.ascontiguousarray(self.buffer.T)  # windows along contiguous memory: BLAS-fast
+                windows = np.lib.stride_tricks.sliding_window_view(channels_first, 2 * self.half_taps, axis=1)
+                taps = self.weights[phase]
+                pieces.append(np.matmul(windows[:, starts].transpose(1, 0, 2), taps[:, :, None])[..., 0])
             self.emitted = int(m[-1]) + 1
         next_start = (self.emitted * self.from_rate) // self.to_rate - self.half_taps + 1
         drop = max(0, next_start - self.first)

@@ -66,11 +66,11 @@ class StreamSeparation:
         try:
             self.song = SongSeparation(separator, sample_rate, channels,
                                        chunk_output_length=math.ceil(block_size * model_rate / sample_rate),
-                                       resample_stream=LiveResampleStream)
+                                       resample_stream=LiveResampleStream, incremental=True)
         except ValueError as error:  # a rate the live resampler refuses
             raise StreamError(str(error)) from None
         plan = self.song.plan
-        runner_delay = plan.input_length - plan.lead - 1  # model samples
+        runner_delay = self.song.runner.delay  # model samples
         if self.song.resampled:
             into, back = self.song.to_model, self.song.to_input["vocals"]
             self.delay_samples = math.ceil(into.half_taps + (runner_delay + back.half_taps) * sample_rate / model_rate)

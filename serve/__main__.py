@@ -4,8 +4,9 @@
 
 The same paths and JSON as ``tensorflow_model_server --rest_api_port=8501
 --model_name=wavesep --model_base_path=...``: status, metadata and predict (row and
-columnar formats) under /v1/models/wavesep; a song upload page at /. New versions
-exported into the base path are picked up without a restart.
+columnar formats) under /v1/models/wavesep; a song upload page at /; live separation
+over a WebSocket at ws://.../v1/models/wavesep:stream. New versions exported into the
+base path are picked up without a restart.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import uvicorn  # noqa: E402
 
 from serve.app import create_app  # noqa: E402
+from serve.live import MAX_MESSAGE_BYTES, LiveLimits, LiveWebSocketProtocol  # noqa: E402
 from serve.repository import ModelRepository  # noqa: E402
 
 
@@ -57,6 +59,18 @@ def parse_args(argv=None):
                              "the header and again while decoding (default: 10)")
     parser.add_argument("--max-jobs", type=positive(int), default=8,
                         help="songs of the web page kept with their results (default: 8)")
+    parser.add_argument("--max-live-sessions", type=positive(int), default=2,
+                        help="live separations (WebSocket :stream) at once; further ones are closed at once with "
+                             "code 1013, try again later (default: 2)")
+    parser.add_argument("--live-burst-seconds", type=positive(float), default=2.0,
+                        help="how far a live client's audio may run ahead of the wall clock before it is closed "
+                             "with 1008, sending faster than real time (default: 2)")
+    parser.add_argument("--live-idle-seconds", type=positive(float), default=10.0,
+                        help="a live session closes (1008) without its start message, or a frame, for this long "
+                             "(default: 10)")
+    parser.add_argument("--live-send-timeout", type=positive(float), default=5.0,
+                        help="a WebSocket whose client has read nothing while answers waited this long is "
+                             "aborted (default: 5)")
     return parser.parse_args(argv)
 
 
@@ -74,12 +88,16 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     repository = ModelRepository(args.model_name, base_path, args.num_versions, args.poll_seconds)
+    live_limits = LiveLimits(args.max_live_sessions, args.live_burst_seconds, args.live_idle_seconds)
     app = create_app(repository, int(args.max_request_mb * 2 ** 20), args.max_concurrent, args.max_jobs,
-                     args.max_waiting, args.max_song_minutes * 60)
+                     args.max_waiting, args.max_song_minutes * 60, live_limits)
     signal.signal(signal.SIGTERM, exit_cleanly)
     # Our AccessLog middleware logs each request with its latency: uvicorn's own access log is off.
+    # WebSockets: the websockets library's sans-I/O protocol with a send timeout; no compression (PCM
+    # hardly compresses, and inflating costs the server); messages up to a second of 192 kHz stereo.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=30,
-                log_config=None)
+                log_config=None, ws=LiveWebSocketProtocol.with_send_timeout(args.live_send_timeout),
+                ws_max_size=MAX_MESSAGE_BYTES, ws_per_message_deflate=False)
     return 0
 
 

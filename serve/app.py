@@ -1,5 +1,6 @@
 """The HTTP side: TensorFlow Serving's REST API v1 under ``/v1/``, the web page at ``/``
-with its job API under ``/api/``.
+with its job API under ``/api/``, and live separation over a WebSocket at
+``/v1/models/NAME:stream`` (serve/live.py, with its own limits).
 
 Model calls run in worker threads, so the event loop keeps answering (status, progress,
 other uploads) while a model computes, and at most ``max_concurrent`` run at once,
@@ -34,12 +35,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from data_pipeline.audio import AudioError, write_wav
 from models.architecture import SOURCES
 from serve import rest
+from serve.live import LiveLimits, LiveSessions
 from serve.repository import ModelRepository
 from serve.rest import RestError
 from serve.upload import UploadLimits, check_wav_bytes, decode_upload
@@ -215,8 +217,10 @@ def check_duration(version, inputs: dict, limits: UploadLimits) -> None:
 
 
 def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 20, max_concurrent: int = 2,
-               max_jobs: int = 8, max_waiting: int = 16, max_song_seconds: float = 600.0) -> Starlette:
+               max_jobs: int = 8, max_waiting: int = 16, max_song_seconds: float = 600.0,
+               live_limits: LiveLimits = LiveLimits()) -> Starlette:
     work = WorkQueue(max_concurrent, max_waiting)
+    live = LiveSessions(repository, live_limits)
     limits = UploadLimits(max_song_seconds)
     jobs = JobStore(max_jobs)
 
@@ -334,6 +338,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
             jobs.close()
 
     routes = [Route("/v1/{path:path}", rest_api, methods=["GET", "POST"]),
+              WebSocketRoute("/v1/{path:path}", live.serve),
               Route("/", page), Route("/api/model", model), Route("/api/separate", separate, methods=["POST"]),
               Route("/api/jobs/{job_id}", job_status), Route("/api/jobs/{job_id}/{source}.wav", job_result),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
