@@ -17,6 +17,18 @@ would get the same output folder (e.g. a/song.wav and b/song.mp3, or 01.wav and
 01.flac in one folder), if an output folder already holds vocals.wav or
 accompaniment.wav (unless --overwrite), or if a folder holds no audio files.
 A file that cannot be read is reported and skipped; the others are still separated.
+
+Live, from a pipe (raw PCM in, one source out, a fixed latency later):
+
+    ffmpeg -i song.mp3 -f s16le -ac 2 -ar 44100 - \
+      | python separate.py --live - --rate 44100 --channels 2 --source accompaniment \
+      | ffplay -f s16le -ar 44100 -ac 2 -
+
+--live reads raw interleaved PCM (--format s16le or f32le) from a file, a FIFO or
+stdin (-), and writes the --source in the same format to stdout, block by block; the
+latency (model lookahead + block + resampling) is printed to stderr at the start. The
+output is offline separation delayed by that latency (the start is silence; --align
+drops it, for file-to-file use); at the end of the input the rest is flushed.
 """
 from __future__ import annotations
 
@@ -37,11 +49,13 @@ from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
 from runtime.chunking import fit_length, positive_seconds, SongSeparation  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL, load_separator, resolve_precision  # noqa: E402
+from runtime.pcm import PCM_FORMATS, decode_pcm, encode_pcm, frame_bytes  # noqa: E402
+from runtime.streaming import StreamError, StreamSeparation  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="audio files (WAV/FLAC/MP3/OGG), or folders: every such file inside them, at any depth")
     parser.add_argument("--model", help="a run directory, an exported SavedModel version folder (export/NAME/1) "
                                          f"or an exported model.onnx (default: the shipped {PRETRAINED_MODEL.name})")
@@ -55,7 +69,28 @@ def parse_args(argv=None):
                              "0.05 dB of float32), else float32")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
                         help="audio per model call; lower it to use less memory (default: 30)")
-    return parser.parse_args(argv)
+    live = parser.add_argument_group("live separation (raw PCM in, one source out; instead of INPUT files)")
+    live.add_argument("--live", metavar="PCM", help="raw interleaved PCM to separate as it arrives: a file, "
+                                                    "a FIFO, or - for stdin; the separated source goes to stdout")
+    live.add_argument("--rate", type=int, help="the stream's sample rate in Hz (required with --live)")
+    live.add_argument("--channels", type=int, choices=[1, 2], help="the stream's channels (required with --live)")
+    live.add_argument("--format", choices=sorted(PCM_FORMATS), default="s16le",
+                      help="sample format in and out, as ffmpeg names it (default: s16le)")
+    live.add_argument("--source", choices=SOURCES, default="accompaniment",
+                      help="the source written to stdout (default: accompaniment, karaoke)")
+    live.add_argument("--block-ms", type=float, default=20.0,
+                      help="audio per block; smaller blocks wait less and cost more per second (default: 20)")
+    live.add_argument("--align", action="store_true",
+                      help="drop the latency's silence at the start: the output lines up with the input "
+                           "(for file-to-file use, not for playback)")
+    args = parser.parse_args(argv)
+    if args.live is None and not args.inputs:
+        parser.error("give INPUT files or folders, or --live PCM")
+    if args.live is not None and (args.inputs or args.rate is None or args.channels is None):
+        parser.error("--live takes no INPUT files, and needs --rate and --channels")
+    if not 0 < args.block_ms <= 1000:
+        parser.error(f"--block-ms must be above 0 and at most 1000, not {args.block_ms:g}")
+    return args
 
 
 def device_description() -> str:
@@ -135,24 +170,100 @@ def separate_file(separator, path: Path, destination: Path, chunk_seconds: float
         write(separation.push(np.zeros((0, info.channels), np.float32), last=True), info.frames - written)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def read_exactly(stream, count: int) -> bytes:
+    """``count`` bytes, fewer only at the end of the stream (pipes return what has arrived)."""
+    data = bytearray()
+    while len(data) < count:
+        piece = stream.read(count - len(data))
+        if not piece:
+            break
+        data += piece
+    return bytes(data)
+
+
+def separate_live(separator, args, source_stream, sink) -> int:
+    """Separates raw PCM from ``source_stream`` block by block into ``sink`` (both binary
+    files): each block's output is written as soon as it is computed."""
     try:
-        jobs = plan_outputs(args.inputs, Path(args.out), args.overwrite)
-    except PlanError as error:
+        separation = StreamSeparation(separator, args.rate, args.channels,
+                                      max(1, round(args.block_ms / 1000 * args.rate)))
+    except StreamError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    figures = separation.describe()
+    print(f"Live: {args.rate} Hz, {args.channels} channel(s), {args.format}, blocks of "
+          f"{separation.block_size} samples; latency {figures['latency_ms']} ms (model lookahead "
+          f"{figures['lookahead_ms']} ms; output delayed by {separation.delay_samples} samples"
+          f"{', dropped by --align' if args.align else ''})", file=sys.stderr)
+    block_bytes = separation.block_size * frame_bytes(args.format, args.channels)
+    to_drop = separation.delay_samples if args.align else 0
+
+    def write(audio):
+        nonlocal to_drop
+        dropped, to_drop = min(to_drop, len(audio)), to_drop - min(to_drop, len(audio))
+        sink.write(encode_pcm(audio[dropped:], args.format))
+        sink.flush()
+
+    first = True
+    while data := read_exactly(source_stream, block_bytes):
+        if first and data[:4] in (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"ID3\x03", b"ID3\x04"):
+            print("error: the input starts with a file header, not raw PCM: pipe raw samples "
+                  f"(ffmpeg -f {args.format}), or separate the file with separate.py FILE", file=sys.stderr)
+            return 2
+        first = False
+        whole = len(data) - len(data) % frame_bytes(args.format, args.channels)
+        if whole:
+            write(separation.push(decode_pcm(data[:whole], args.format, args.channels))[args.source])
+        if whole < len(data):
+            print(f"error: the input ended mid-frame: {len(data) - whole} byte(s) after the last whole "
+                  f"{frame_bytes(args.format, args.channels)}-byte frame ({args.channels} channel(s) of "
+                  f"{args.format}); check --format and --channels", file=sys.stderr)
+            return 2
+    write(separation.finish()[args.source])
+    return 0
+
+
+def load_chosen_separator(args):
+    """The --model (default: the shipped one) as a Separator, said on ``log``; None after an error."""
     model_path = Path(args.model) if args.model else PRETRAINED_MODEL
+    log = sys.stderr if args.live is not None else sys.stdout  # live: stdout carries the audio
     if args.model is None:
-        print(f"No --model given: using the shipped pretrained model {model_path}")
+        print(f"No --model given: using the shipped pretrained model {model_path}", file=log)
     precision = resolve_precision(args.precision, model_path)
     try:
         separator = load_separator(model_path, precision)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return None
     print(f"Model {separator.source} ({separator.description}, {separator.sample_rate} Hz, "
-          f"{'stereo' if separator.channels == 2 else 'mono'}, {precision}) on {device_description()}")
+          f"{'stereo' if separator.channels == 2 else 'mono'}, {precision}) on {device_description()}", file=log)
+    return separator
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.live is not None:
+        separator = load_chosen_separator(args)
+        if separator is None:
+            return 2
+        try:
+            with ExitStack() as files:
+                source_stream = (sys.stdin.buffer if args.live == "-"
+                                 else files.enter_context(open(args.live, "rb")))
+                return separate_live(separator, args, source_stream, sys.stdout.buffer)
+        except BrokenPipeError:  # the player quit: not an error
+            return 0
+        except OSError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    try:
+        jobs = plan_outputs(args.inputs, Path(args.out), args.overwrite)
+    except PlanError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    separator = load_chosen_separator(args)
+    if separator is None:
+        return 2
     if separator.channels == 1:
         print("Mono model: each channel of a stereo input is separated on its own")
     failures = 0

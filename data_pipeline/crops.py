@@ -10,18 +10,22 @@ import numpy as np
 @dataclass(frozen=True)
 class CropSpec:
     """Model geometry: samples in, samples out; the difference is context, split
-    evenly (the extra sample, if odd, goes to the right)."""
+    evenly (the extra sample, if odd, goes to the right), unless the outputs sit
+    ``shift`` samples right of the centre (less context after them: a low-latency model)."""
 
     input_length: int
     output_length: int
+    shift: int = 0
 
     def __post_init__(self):
         if not 0 < self.output_length <= self.input_length:
             raise ValueError(f"need 0 < output_length <= input_length, got {self}")
+        if not 0 <= self.shift <= (self.input_length - self.output_length) // 2:
+            raise ValueError(f"the shift must leave the outputs inside the input, got {self}")
 
     @property
     def context_left(self) -> int:
-        return (self.input_length - self.output_length) // 2
+        return (self.input_length - self.output_length) // 2 + self.shift
 
     @property
     def context_right(self) -> int:

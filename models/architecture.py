@@ -35,7 +35,10 @@ class Architecture:
     # on a stream, each layer's samples computed once (``push(mix [batch, n, channels])``
     # -> ready outputs per source; ``ready(received)`` -> outputs given so far), e.g.
     # ``models.waveunet_streaming``. Live streams use it instead of recomputing windows.
+    # With model None: whether the config has one.
     incremental: Callable = lambda model, config: None
+    # (config) -> how many samples right of the input's centre the outputs sit (less lookahead).
+    output_shift: Callable = lambda config: 0
     # (config) -> the validation metric that picks the best checkpoint and stops early.
     checkpoint_metric: Callable = lambda config: "val_loss"
 

@@ -14,10 +14,10 @@ from keras import layers, ops
 register = keras.saving.register_keras_serializable(package="wavesep")
 
 
-def _center_crop(tensor, length):
-    """Keeps the middle ``length`` steps; an odd surplus loses its extra step at the end,
-    as in f90's ``Utils.crop``."""
-    start = (ops.shape(tensor)[1] - length) // 2
+def _center_crop(tensor, length, shift=0):
+    """Keeps the middle ``length`` steps, moved ``shift`` steps right; an odd surplus
+    loses its extra step at the end, as in f90's ``Utils.crop``."""
+    start = (ops.shape(tensor)[1] - length) // 2 + shift
     return tensor[:, start:start + length, :]
 
 
@@ -38,11 +38,19 @@ def _upsampled_length(length, valid):
 
 @register
 class CenterCrop1D(layers.Layer):
-    """``[x, reference]`` -> ``x`` centre-cropped along time to the length of ``reference``."""
+    """``[x, reference]`` -> ``x`` centre-cropped along time to the length of ``reference``
+    (moved ``shift`` steps right: a model whose outputs sit right of its input's centre)."""
+
+    def __init__(self, shift: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = shift
 
     def call(self, inputs):
         tensor, reference = inputs
-        return _center_crop(tensor, ops.shape(reference)[1])
+        return _center_crop(tensor, ops.shape(reference)[1], self.shift)
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift}
 
     def compute_output_shape(self, input_shape):
         tensor_shape, reference_shape = input_shape
@@ -54,12 +62,20 @@ class CropConcat(layers.Layer):
     """``[skip, x]`` -> ``concat([centre_crop(skip), x])`` along channels.
 
     f90's ``crop_and_concat``: with valid convolutions the skip connection is
-    longer than the upsampled path, so its centre is aligned with it."""
+    longer than the upsampled path, so its centre is aligned with it (moved ``shift``
+    steps right, where the path's outputs sit right of the skip's centre)."""
+
+    def __init__(self, shift: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = shift
 
     def call(self, inputs):
         skip, upsampled = inputs
-        cropped = _center_crop(skip, ops.shape(upsampled)[1])
+        cropped = _center_crop(skip, ops.shape(upsampled)[1], self.shift)
         return ops.concatenate([cropped, upsampled], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift}
 
     def compute_output_shape(self, input_shape):
         skip_shape, upsampled_shape = input_shape

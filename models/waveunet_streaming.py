@@ -143,7 +143,8 @@ def _crop_starts(config: WaveUNetConfig) -> tuple[list[int], int, int]:
         length = 2 * length - 1
         starts[level] = (down[level] - length) // 2
         length -= config.merge_filter_size - 1
-    return starts, (input_length - length) // 2, (input_length - output_length) // 2
+    shift = config.output_shift
+    return starts, (input_length - length) // 2 + shift, (input_length - output_length) // 2 + shift
 
 
 class WaveUNetStream:

@@ -76,14 +76,38 @@ def load_run(path, precision: str = "float32") -> LoadedRun:
     return LoadedRun(model, run.arch, config, checkpoint)
 
 
-def _separator_from_facts(forward, facts: ModelFacts, source: str, runtime: str) -> Separator:
+def _separator_from_facts(forward, facts: ModelFacts, source: str, runtime: str, incremental=None) -> Separator:
     """A Separator for an exported model, whose facts (written by the export) name its
     architecture and config: the registry gives the chunk plan."""
     architecture = ARCHITECTURES[facts.arch]
     config = architecture.config_from_dict(facts.model)
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
                      chunk_plan=functools.partial(architecture.chunk_plan, config), source=source,
-                     description=f"{facts.arch} ({runtime})", one_pass=architecture.separates_in_one_pass(config))
+                     description=f"{facts.arch} ({runtime})", one_pass=architecture.separates_in_one_pass(config),
+                     incremental=incremental)
+
+
+def _saved_model_incremental(loaded, facts: ModelFacts):
+    """The stream executor factory of an exported float32 model whose architecture has one,
+    from the Keras model rebuilt with the SavedModel's own variables (the export keeps
+    them in the Keras model's order); None for the rest (e.g. a TF-TRT conversion, which
+    keeps only signatures). The Keras model is built on the first stream."""
+    architecture = ARCHITECTURES[facts.arch]
+    config = architecture.config_from_dict(facts.model)
+    variables = getattr(loaded, "model_variables", None)
+    if facts.precision != "float32" or variables is None or architecture.incremental(None, config) is None:
+        return None
+
+    @functools.cache
+    def factory():
+        model = build_in_precision(architecture.build, config, "float32")
+        if len(model.variables) != len(variables):
+            raise ValueError(f"the export holds {len(variables)} variables, the rebuilt model {len(model.variables)}")
+        for variable, saved in zip(model.variables, variables):
+            variable.assign(saved.numpy())
+        return architecture.incremental(model, config)
+
+    return lambda batch: factory()(batch)
 
 
 # The signature of an exported SavedModel that runs one model call on chunk-plan windows.
@@ -108,7 +132,7 @@ def saved_model_separator(version_dir: Path, loaded=None, facts: ModelFacts | No
     def run(mix: np.ndarray) -> dict:  # through `loaded`, which owns the variables the signature reads
         return {s: e.numpy() for s, e in loaded.signatures[WINDOWS_SIGNATURE](windows=tf.constant(mix)).items()}
 
-    return _separator_from_facts(run, facts, str(version_dir), "SavedModel")
+    return _separator_from_facts(run, facts, str(version_dir), "SavedModel", _saved_model_incremental(loaded, facts))
 
 
 def onnx_separator(path: Path) -> Separator:

@@ -10,6 +10,7 @@ import pytest
 
 from models.architecture import SOURCES
 from models.registry import ARCHITECTURES
+from models.waveunet import CONFIGS, context_length
 from models.waveunet_streaming import WaveUNetStream
 from runtime.chunking import separate_song
 from runtime.loading import PRETRAINED_MODEL, load_run, load_separator
@@ -47,6 +48,7 @@ def assert_delayed_offline(streamed: dict, offline: dict, delay: int, atol: floa
 
 ONE_PASS = {
     "waveunet": ("waveunet", tiny_waveunet()),
+    "waveunet-low-latency": ("waveunet", dataclasses.replace(tiny_waveunet(), output_shift=20)),
     "wavenet": ("wavenet", TINY_WAVENET),
     "umt-a": ("umt", TINY_UMT_A),
 }
@@ -63,7 +65,7 @@ def separators(tmp_path_factory):
     return found
 
 
-@pytest.mark.parametrize("name", ["waveunet", "waveunet-chunked", "wavenet", "umt-a"])
+@pytest.mark.parametrize("name", ["waveunet", "waveunet-chunked", "waveunet-low-latency", "wavenet", "umt-a"])
 @pytest.mark.parametrize("block_sizes", [[1], [7, 1, 300], [100]], ids=["one sample", "mixed", "100"])
 def test_a_stream_equals_offline_separation_delayed(separators, name, block_sizes):
     separator = separators[name]
@@ -124,9 +126,13 @@ def test_what_cannot_stream_is_refused_with_a_reason(separators, tmp_path):
             separation.push(bad)
 
 
+SHIFTED = dataclasses.replace(tiny_waveunet(), output_shift=context_length(tiny_waveunet()) // 2 - 5)
+
+
 @pytest.mark.parametrize("changes", [dict(upsampling="learned", output_type="direct", channels=1),
-                                     dict(predicted_source="accompaniment", output_filter_size=3)],
-                         ids=["learned-direct-mono", "difference-accompaniment"])
+                                     dict(predicted_source="accompaniment", output_filter_size=3),
+                                     dict(output_shift=SHIFTED.output_shift)],
+                         ids=["learned-direct-mono", "difference-accompaniment", "low-latency"])
 def test_the_incremental_wave_u_net_equals_the_keras_model(changes):
     """Every layer kind the executor mirrors, against the Keras model's one pass; and its
     readiness count says exactly how many outputs it has given."""
@@ -165,3 +171,110 @@ def test_the_live_resampler_is_the_offline_rule_within_1e_5(rates):
     pieces += [stream.resample_chunk(noise[start:start + 999]) for start in range(50, len(noise), 999)]
     pieces.append(stream.resample_chunk(noise[:0], last=True))
     np.testing.assert_allclose(np.concatenate(pieces), resample(noise, from_rate, to_rate), atol=1e-5)
+
+
+# ---------------------------------------------------------------- the pipe CLI (separate.py --live)
+
+
+def live_args(*flags):
+    import separate
+
+    return separate.parse_args(["--live", "-", *flags])
+
+
+def test_the_pipe_cli_writes_offline_separation_delayed_end_to_end(separators, tmp_path):
+    """A real pipe into ``python separate.py --live -``: float32 PCM comes out equal to
+    offline separation once the announced delay is dropped, then the tail."""
+    import subprocess
+    import sys
+
+    from runtime.pcm import decode_pcm, encode_pcm
+    from tests.helpers import REPOSITORY
+
+    run_dir = make_run_dir(tmp_path / "run", tiny_waveunet(), arch="waveunet")
+    audio = song(4000, 2)
+    result = subprocess.run([sys.executable, "separate.py", "--live", "-", "--rate", "8000", "--channels", "2",
+                             "--format", "f32le", "--source", "vocals", "--model", str(run_dir)],
+                            input=encode_pcm(audio, "f32le"), capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    separation = StreamSeparation(separators["waveunet"], 8000, 2, 160)  # 20 ms, the default block
+    assert f"output delayed by {separation.delay_samples} samples" in result.stderr.decode()
+    streamed = decode_pcm(result.stdout, "f32le", 2)
+    offline = separate_song(load_separator(run_dir), audio, 8000)["vocals"]
+    assert len(streamed) == len(audio) + separation.delay_samples
+    np.testing.assert_allclose(streamed[separation.delay_samples:], offline, atol=1e-5)
+
+
+def test_the_pipe_cli_aligned_in_16_bit(separators):
+    import io
+
+    import separate
+    from runtime.pcm import decode_pcm, encode_pcm
+
+    audio = song(3000, 2)
+    pcm = encode_pcm(audio, "s16le")
+    sink = io.BytesIO()
+    args = live_args("--rate", "8000", "--channels", "2", "--align", "--block-ms", "7.5")
+    assert separate.separate_live(separators["waveunet"], args, io.BytesIO(pcm), sink) == 0
+    streamed = decode_pcm(sink.getvalue(), "s16le", 2)
+    offline = separate_song(separators["waveunet"], decode_pcm(pcm, "s16le", 2), 8000)["accompaniment"]
+    assert streamed.shape == audio.shape  # --align: the output lines up with the input
+    np.testing.assert_allclose(streamed, offline, atol=1.5 / 32768)  # within the 16-bit rounding
+
+
+@pytest.mark.parametrize("data, reason", [(b"\x01\x00" * 1001, "ended mid-frame: 2 byte"),
+                                          (b"RIFF" + b"\x00" * 2000, "file header, not raw PCM")])
+def test_the_pipe_cli_refuses_a_stream_that_ends_mid_frame_or_is_a_file(separators, capsys, data, reason):
+    import io
+
+    import separate
+
+    args = live_args("--rate", "8000", "--channels", "2")
+    assert separate.separate_live(separators["waveunet"], args, io.BytesIO(data), io.BytesIO()) == 2
+    assert reason in capsys.readouterr().err
+
+
+def test_the_pipe_cli_checks_its_flags(capsys):
+    import separate
+
+    for flags, message in [(["--live", "-"], "needs --rate and --channels"),
+                           (["--live", "-", "--rate", "8000", "--channels", "2", "song.wav"], "takes no INPUT"),
+                           (["--live", "-", "--rate", "8000", "--channels", "2", "--block-ms", "0"], "--block-ms"),
+                           ([], "give INPUT files")]:
+        with pytest.raises(SystemExit):
+            separate.parse_args(flags)
+        assert message in capsys.readouterr().err
+
+
+def test_the_low_latency_config_looks_ahead_20_ms_and_trains_on_what_it_outputs():
+    """Its outputs sit right of its input's centre: the chunk plan, the training crop and
+    the model's own crop of the mix (its sources add up to it) all agree on where."""
+    from data_pipeline.crops import CropSpec
+
+    config = CONFIGS["lowlatency"]
+    assert config.lookahead == 441 and CONFIGS["small"].lookahead == 4087  # 20 ms and 185 ms at 22.05 kHz
+    architecture = ARCHITECTURES["waveunet"]
+    input_length, output_length = architecture.input_length_for(SHIFTED, 300)
+    crop = CropSpec(input_length, output_length, shift=architecture.output_shift(SHIFTED))
+    assert crop.context_left == architecture.chunk_plan(SHIFTED, 300).output_offset
+    assert crop.input_length - crop.context_left - crop.output_length == SHIFTED.lookahead
+    mix = song(input_length, 2)[None]
+    sources = architecture.build(SHIFTED)(mix)
+    np.testing.assert_allclose(np.asarray(sources["vocals"]) + np.asarray(sources["accompaniment"]),
+                               mix[:, crop.context_left:crop.context_left + output_length], atol=1e-6)
+    with pytest.raises(ValueError, match="output_shift needs context"):
+        dataclasses.replace(tiny_waveunet(), output_shift=context_length(tiny_waveunet()) // 2 + 1)
+
+
+def test_an_exported_model_streams_through_the_same_executor(shipped_export):
+    """The server's models are SavedModels: their separator rebuilds the Keras model from
+    the export's variables for the stream executor, and streams as the run directory does."""
+    from runtime.loading import saved_model_separator
+
+    exported = saved_model_separator(shipped_export / "1")
+    assert exported.incremental is not None
+    audio = song(11025, 2)
+    separation = StreamSeparation(exported, 22050, 2, 441)
+    streamed = stream_through(separation, audio, [441])
+    offline = separate_song(load_separator(PRETRAINED_MODEL), audio, 22050)
+    assert_delayed_offline(streamed, offline, separation.delay_samples, atol=1e-5)

@@ -124,7 +124,8 @@ def train(run_dir: Path, run: RunConfig, strategy=None):
     model, model_config = build_model(run, strategy)
     fix_keras_for_multi_worker(model, strategy)
     architecture = ARCHITECTURES[run.arch]
-    crop = CropSpec(*architecture.input_length_for(model_config, model_config.num_frames))
+    crop = CropSpec(*architecture.input_length_for(model_config, model_config.num_frames),
+                    shift=architecture.output_shift(model_config))
     training = run.training
     progress = backup_progress(RunDirectory(run_dir).backup)
     if progress["step"] >= training["steps"]:
