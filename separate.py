@@ -49,7 +49,7 @@ from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
 from runtime.chunking import fit_length, positive_seconds, SongSeparation  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL, load_separator, resolve_precision  # noqa: E402
-from runtime.pcm import PCM_FORMATS, decode_pcm, encode_pcm, frame_bytes  # noqa: E402
+from runtime.pcm import PCM_FORMATS, PcmError, decode_pcm, encode_pcm, frame_bytes  # noqa: E402
 from runtime.streaming import StreamError, StreamSeparation  # noqa: E402
 
 
@@ -213,7 +213,12 @@ def separate_live(separator, args, source_stream, sink) -> int:
         first = False
         whole = len(data) - len(data) % frame_bytes(args.format, args.channels)
         if whole:
-            write(separation.push(decode_pcm(data[:whole], args.format, args.channels))[args.source])
+            try:
+                block = decode_pcm(data[:whole], args.format, args.channels)
+            except PcmError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            write(separation.push(block)[args.source])
         if whole < len(data):
             print(f"error: the input ended mid-frame: {len(data) - whole} byte(s) after the last whole "
                   f"{frame_bytes(args.format, args.channels)}-byte frame ({args.channels} channel(s) of "

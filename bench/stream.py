@@ -22,8 +22,9 @@ the project's deterministic synthetic music) through the public API and prints o
     bench does not take --seconds of wall time per row;
   - vs offline: streaming compute per second of audio over offline compute per second
     (``runtime.chunking.separate_song`` on the same audio, in separate.py's 30 s chunks or
-    one of the audio's length, timed once after a warm-up): the baseline doing the same work. Small blocks recompute each chunk's
-    context (the model's field), so this is where they pay;
+    one of the audio's length, timed once after a warm-up): the baseline doing the same work.
+    Small blocks pay here: a Wave-U-Net with context computes each layer's samples once
+    but per block (small matrix products), the other models recompute each chunk's field;
   - with --websocket: the model exported to a temporary folder and served by
     ``python -m serve`` on 127.0.0.1; --ws-seconds of the audio sent to
     ws://.../v1/models/NAME:stream one block per frame, paced in real time. WS round trip:
@@ -348,10 +349,13 @@ def pair(p50: float | None, p99: float | None) -> str:
 
 def block_milliseconds(text: str) -> float:
     """argparse type of --blocks-ms: above 0, at most the longest block a stream takes."""
-    value = positive_seconds(text)
-    if value > 1000 * MAX_BLOCK_SECONDS:
-        raise argparse.ArgumentTypeError(f"a stream takes blocks of at most {1000 * MAX_BLOCK_SECONDS:g} ms, "
-                                         f"not {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 < value <= 1000 * MAX_BLOCK_SECONDS:
+        raise argparse.ArgumentTypeError(f"a stream takes blocks of more than 0 and at most "
+                                         f"{1000 * MAX_BLOCK_SECONDS:g} ms, not {text}")
     return value
 
 

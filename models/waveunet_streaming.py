@@ -25,7 +25,7 @@ def _empty(batch: int, channels: int) -> np.ndarray:
 
 
 _ACTIVATIONS = {
-    "leaky_relu": lambda x: np.where(x >= 0, x, np.float32(0.2) * x),  # keras' default slope, f90's
+    "leaky_relu": lambda x: np.maximum(x, np.float32(0.2) * x),  # keras' default slope 0.2 (f90's), in place of where()
     "tanh": np.tanh,
     "linear": lambda x: x,
 }

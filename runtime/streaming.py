@@ -35,6 +35,8 @@ from runtime.separator import Separator
 
 # How much audio one push of a live stream may carry: bounds the work and memory of a block.
 MAX_BLOCK_SECONDS = 1.0
+# The highest sample rate a live stream may have (the server's uploads stop there too).
+MAX_STREAM_RATE = 192_000
 
 
 class StreamError(ValueError):
@@ -55,8 +57,8 @@ class StreamSeparation:
                               "live separation takes a one-pass model (Wave-U-Net, WaveNet, UMT Structure A)")
         if channels not in (1, 2):
             raise StreamError(f"live streams are mono or stereo, not {channels} channels")
-        if not 1000 <= sample_rate <= 384_000:
-            raise StreamError(f"sample rate {sample_rate} Hz is outside 1000-384000 Hz")
+        if not 1000 <= sample_rate <= MAX_STREAM_RATE:
+            raise StreamError(f"sample rate {sample_rate} Hz is outside 1000-{MAX_STREAM_RATE} Hz")
         self.max_block = int(MAX_BLOCK_SECONDS * sample_rate)
         if not 1 <= block_size <= self.max_block:
             raise StreamError(f"block size {block_size} samples is outside 1-{self.max_block} "

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import uvicorn  # noqa: E402
 
 from serve.app import create_app  # noqa: E402
-from serve.live import MAX_MESSAGE_BYTES, LiveLimits, LiveWebSocketProtocol  # noqa: E402
+from serve.live import MAX_MESSAGE_BYTES, LiveLimits, LiveWebSocketProtocol, QuietWebSocketLines  # noqa: E402
 from serve.repository import ModelRepository  # noqa: E402
 
 
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
         print(f"error: --model-base-path {base_path} is not a folder", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(QuietWebSocketLines())
     repository = ModelRepository(args.model_name, base_path, args.num_versions, args.poll_seconds)
     live_limits = LiveLimits(args.max_live_sessions, args.live_burst_seconds, args.live_idle_seconds)
     app = create_app(repository, int(args.max_request_mb * 2 ** 20), args.max_concurrent, args.max_jobs,

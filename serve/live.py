@@ -46,6 +46,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from models.architecture import SOURCES
+from runtime.pcm import PCM_FORMATS, PcmError, decode_pcm, encode_pcm, frame_bytes
 from runtime.streaming import MAX_BLOCK_SECONDS, StreamError, StreamSeparation
 from serve.repository import ModelRepository
 from serve.rest import RestError
@@ -53,18 +54,19 @@ from serve.upload import MAX_SAMPLE_RATE
 
 log = logging.getLogger("serve.live")
 STREAM_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:stream", re.IGNORECASE)
-FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 START_KEYS = ("sample_rate", "channels", "block_size", "format")
 # RFC 6455 5.5: a control frame carries at most 125 bytes, two of them the close code.
 MAX_REASON_BYTES = 123
-# The largest frame a session takes: a block of MAX_BLOCK_SECONDS, stereo float32 at the highest rate (1.5 MB).
-MAX_FRAME_BYTES = int(MAX_BLOCK_SECONDS * MAX_SAMPLE_RATE) * 2 * FORMATS["f32le"].itemsize
-# uvicorn's ws_max_size: room for the largest frame, and what one message may cost in memory.
-MAX_MESSAGE_BYTES = 2 * 2 ** 20
-# The kernel's send buffer of a WebSocket (Linux doubles it): 2.5 MB/s over a 200 ms round trip, more than
-# the 1.5 MB/s of answers to 192 kHz stereo float32, instead of the up to 4 MB that autotuning grows to
-# before a client that stops reading holds up the session.
+# uvicorn's ws_max_size: the largest frame a session takes (a block of MAX_BLOCK_SECONDS, stereo float32
+# at the highest rate: 1.5 MB) and no more, so that a message costs at most that before it is refused (1009).
+MAX_MESSAGE_BYTES = int(MAX_BLOCK_SECONDS * MAX_SAMPLE_RATE) * frame_bytes("f32le", 2)
+# The kernel's send buffer of a WebSocket, which Linux doubles: 512 kB carry the 0.8 MB/s of answers to
+# 48 kHz stereo float32 over a 500 ms round trip. Autotuning would grow it to 4 MB (measured on 127.0.0.1:
+# 2.9-4.0 MB sent before the transport's buffer filled, 0.45-0.6 MB with this size), megabytes that a
+# client that stops reading would hold before the session noticed.
 SEND_BUFFER_BYTES = 256 * 1024
+# What a session's log line says of a close frame without a reason that it did not send.
+DISCONNECTIONS = {1006: "connection lost", 1012: "the server is stopping"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class Start:
 
     @property
     def frame_bytes(self) -> int:
-        return self.block_size * self.channels * FORMATS[self.format].itemsize
+        return self.block_size * frame_bytes(self.format, self.channels)
 
 
 def parse_start(message: dict) -> Start:
@@ -119,7 +121,7 @@ def parse_start(message: dict) -> Start:
     for key in START_KEYS[:3]:
         if type(fields.get(key)) is not int:  # bool is an int subclass; JSON's true is not a sample rate
             raise Refusal(1008, f"{key} must be a whole number, not {json.dumps(fields.get(key))[:30]}")
-    if fields.get("format", "f32le") not in FORMATS:
+    if fields.get("format", "f32le") not in PCM_FORMATS:
         raise Refusal(1008, f"format must be f32le or s16le, not {json.dumps(fields['format'])[:30]}")
     if fields["sample_rate"] > MAX_SAMPLE_RATE:
         raise Refusal(1008, f"sample rate {fields['sample_rate']} Hz is above this server's {MAX_SAMPLE_RATE} Hz")
@@ -135,18 +137,9 @@ def is_end(text: str | None) -> bool:
     return isinstance(fields, dict) and list(fields) == ["end"] and fields["end"] is True
 
 
-def decode_block(data: bytes, start: Start) -> np.ndarray:
-    """A frame's interleaved PCM as float32 ``[block_size, channels]``; 16-bit as WAV readers scale it."""
-    samples = np.frombuffer(data, FORMATS[start.format]).reshape(start.block_size, start.channels)
-    return samples.astype(np.float32) / (32768 if start.format == "s16le" else 1)
-
-
 def encode_sources(estimates: dict, audio_format: str) -> bytes:
-    """The answer frame: each source's block in turn, interleaved; 16-bit clipped and rounded."""
-    samples = np.concatenate([estimates[source] for source in SOURCES])
-    if audio_format == "s16le":
-        return np.round(np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    return samples.astype("<f4").tobytes()
+    """The answer frame: each source's block in turn, interleaved."""
+    return encode_pcm(np.concatenate([estimates[source] for source in SOURCES]), audio_format)
 
 
 class LiveSessions:
@@ -161,8 +154,7 @@ class LiveSessions:
         await websocket.accept()
         session = Session(websocket, self.limits)
         if self.active >= self.limits.max_sessions:
-            await session.close(Refusal(1013, f"{self.active} live sessions are running, this server's "
-                                              f"limit; try again later"))
+            await session.close(1013, f"{self.active} live sessions are running, this server's limit; try again later")
             return
         self.active += 1
         try:
@@ -191,14 +183,14 @@ class Session:
         try:
             await self.open(repository)
             await self.stream()
-            await self.close(Refusal(1000, ""))
+            await self.close(1000, "")
         except Refusal as refusal:
-            await self.close(refusal)
+            await self.close(refusal.code, refusal.reason)
         except WebSocketDisconnect as gone:  # the client closed or vanished; nothing more can be sent
-            self.log(gone.code, gone.reason or ("connection lost" if gone.code == 1006 else "from the client"))
+            self.log(gone.code, gone.reason or DISCONNECTIONS.get(gone.code, "closed by the client"))
         except Exception:
             log.exception("live session %s %s failed", self.client, self.description)
-            await self.close(Refusal(1011, "internal error; the server log has the details"))
+            await self.close(1011, "internal error; the server log has the details")
 
     async def open(self, repository: ModelRepository) -> None:
         """The model from the path, the start message, the stream, and the answer that announces it."""
@@ -246,7 +238,7 @@ class Session:
         return message
 
     async def read_frames(self) -> None:
-        """Checks each frame (size, pace) and queues its block; ``{"end": true}`` queues the end."""
+        """Checks each frame (size, values, pace) and queues its block; ``{"end": true}`` queues the end."""
         start = self.start
         while True:
             message = await self.receive(f"no audio frame for {self.limits.idle_seconds:g} s")
@@ -259,10 +251,14 @@ class Session:
             if len(data) != start.frame_bytes:
                 raise Refusal(1003, f"frame of {len(data)} bytes; expected {start.frame_bytes} "
                                     f"({start.block_size} samples x {start.channels} channels, {start.format})")
+            try:  # the frame's size is checked above: what is left to refuse is NaN or infinity, as REST does
+                block = decode_pcm(data, start.format, start.channels)
+            except PcmError as error:
+                raise Refusal(1007, str(error)) from None
             self.check_pace()
             self.frames += 1
             self.samples += start.block_size
-            await self.queue.put(decode_block(data, start))
+            await self.queue.put(block)
 
     def check_pace(self) -> None:
         """Refuses audio more than ``burst_seconds`` ahead of the wall clock since the first frame
@@ -283,16 +279,26 @@ class Session:
         tail = await run_in_threadpool(self.separation.finish)
         await self.websocket.send_bytes(encode_sources(tail, self.start.format))
 
-    async def close(self, refusal: Refusal) -> None:
-        reason = fit_reason(refusal.reason)
+    async def close(self, code: int, reason: str) -> None:
+        reason = fit_reason(reason)
         # The client may be gone already; a client that reads nothing is aborted by the protocol.
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await self.websocket.close(refusal.code, reason)
-        self.log(refusal.code, reason)
+            await self.websocket.close(code, reason)
+        self.log(code, reason)
 
     def log(self, code: int, reason: str) -> None:
-        log.info("live %s %s: %d frames in %.1f s, close %d%s", self.client, self.description, self.frames,
+        log.info("live %s %s: frames %d, %.1f s, close %d%s", self.client, self.description, self.frames,
                  time.monotonic() - self.started, code, f" ({reason})" if reason else "")
+
+
+class QuietWebSocketLines(logging.Filter):
+    """For uvicorn's log: drops its two lines for each WebSocket (accepted, connection open); a
+    session's own line comes when it ends, with what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (record.levelno == logging.INFO and
+                    (message == "connection open" or message.startswith('%s - "WebSocket ')))
 
 
 class LiveWebSocketProtocol(WebSocketsSansIOProtocol):

@@ -87,7 +87,9 @@ $("upload").addEventListener("submit", async (event) => {
   }
 });
 
-fetch("/api/model").then(answer).then((model) => {
+// The served model (live.js streams to it, at its rate).
+const modelInfo = fetch("/api/model").then(answer);
+modelInfo.then((model) => {
   const facts = model.facts;
   const details = [facts.arch, facts.sample_rate && `${facts.sample_rate} Hz`,
     facts.channels && (facts.channels === 1 ? "mono" : "stereo")].filter(Boolean).join(", ");
