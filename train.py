@@ -50,7 +50,7 @@ def mix_weights(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="model architecture (default: waveunet)")
-    parser.add_argument("--config", help="named model configuration (Wave-U-Net: small, M1..M5, M5-HighSR; "
+    parser.add_argument("--config", help="named model configuration (Wave-U-Net: small, lowlatency, M1..M5, M5-HighSR; "
                                          "WaveNet and UMT: small, paper; default: small)")
     variants = sorted({variant for architecture in ARCHITECTURES.values() for variant in architecture.variants})
     parser.add_argument("--variant", choices=variants, help="UMT: a (Structure A: the decoder built like the "

@@ -119,6 +119,26 @@ def context_length(config: WaveUNetConfig) -> int:
     return input_ - output
 
 
+def crop_starts(config: WaveUNetConfig) -> tuple[list[int], int, int]:
+    """Where each centre crop starts, from the layer lengths of the shortest valid input:
+    per level (skip against upsampled path), the mix against the last features, the mix
+    against the outputs."""
+    input_length, output_length = input_length_for(config, 1)
+    down, length = [], input_length
+    for _ in range(config.num_layers):
+        length -= config.filter_size - 1
+        down.append(length)
+        length = (length + 1) // 2
+    length -= config.filter_size - 1  # bottleneck
+    starts = [0] * config.num_layers
+    for level in reversed(range(config.num_layers)):
+        length = 2 * length - 1
+        starts[level] = (down[level] - length) // 2
+        length -= config.merge_filter_size - 1
+    shift = config.output_shift
+    return starts, (input_length - length) // 2 + shift, (input_length - output_length) // 2 + shift
+
+
 def _paper_configs() -> dict[str, WaveUNetConfig]:
     """f90's named configs; each paper model adds one change to the previous one."""
     m1 = WaveUNetConfig()  # cfg.baseline
@@ -264,7 +284,7 @@ def incremental(model, config: WaveUNetConfig):
         return None
     from models.waveunet_streaming import WaveUNetStream
 
-    return lambda batch: WaveUNetStream(model, config, batch)
+    return lambda batch: WaveUNetStream(model, config, batch, crop_starts(config))
 
 
 ARCHITECTURE = Architecture(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.waveunet import WaveUNetConfig, input_length_for
 
 
 def _empty(batch: int, channels: int) -> np.ndarray:
@@ -127,33 +126,15 @@ class _Align:
         return paired
 
 
-def _crop_starts(config: WaveUNetConfig) -> tuple[list[int], int, int]:
-    """Where each centre crop starts, from the layer lengths of the shortest valid input:
-    per level (skip against upsampled path), the mix against the last features, the mix
-    against the outputs."""
-    input_length, output_length = input_length_for(config, 1)
-    down, length = [], input_length
-    for _ in range(config.num_layers):
-        length -= config.filter_size - 1
-        down.append(length)
-        length = (length + 1) // 2
-    length -= config.filter_size - 1  # bottleneck
-    starts = [0] * config.num_layers
-    for level in reversed(range(config.num_layers)):
-        length = 2 * length - 1
-        starts[level] = (down[level] - length) // 2
-        length -= config.merge_filter_size - 1
-    shift = config.output_shift
-    return starts, (input_length - length) // 2 + shift, (input_length - output_length) // 2 + shift
-
-
 class WaveUNetStream:
     """The model over a stream of ``[batch, samples, channels]`` blocks (the batch: the
     channel rule's passes). ``push`` returns the outputs that are ready, per source; the
     stream's first output is the model's output for input sample ``lead`` of a one-pass
     run over the same samples."""
 
-    def __init__(self, model, config: WaveUNetConfig, batch: int):
+    def __init__(self, model, config, batch: int, crop_starts: tuple[list[int], int, int]):
+        """``config``: the model's ``WaveUNetConfig``; ``crop_starts``: where its centre crops
+        start (``models.waveunet.crop_starts``)."""
         if not config.context:
             raise ValueError("only a Wave-U-Net with context (valid convolutions) runs incrementally")
         self.config = config
@@ -163,7 +144,7 @@ class WaveUNetStream:
         self.bottleneck = _Conv(layer("bottleneck_conv"), batch)
         self.upsample = [_Upsample(layer(f"upsample_{i}"), batch) for i in range(config.num_layers)]
         self.up = [_Conv(layer(f"up_conv_{i}"), batch) for i in range(config.num_layers)]
-        skip_starts, mix_start, output_start = _crop_starts(config)
+        skip_starts, mix_start, output_start = crop_starts
         filters = [config.num_initial_filters * (i + 1) for i in range(config.num_layers + 1)]
         self.concat = [_Align(skip_starts[i], batch, (filters[i], filters[i + 1])) for i in range(config.num_layers)]
         self.concat_mix = _Align(mix_start, batch, (config.channels, filters[0]))

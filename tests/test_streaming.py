@@ -11,7 +11,6 @@ import pytest
 from models.architecture import SOURCES
 from models.registry import ARCHITECTURES
 from models.waveunet import CONFIGS, context_length
-from models.waveunet_streaming import WaveUNetStream
 from runtime.chunking import separate_song
 from runtime.loading import PRETRAINED_MODEL, load_run, load_separator
 from runtime.resampling import LiveResampleStream, resample
@@ -141,7 +140,7 @@ def test_the_incremental_wave_u_net_equals_the_keras_model(changes):
     length, _ = ARCHITECTURES["waveunet"].input_length_for(config, 700)
     mix = song(length, config.channels)[None]
     expected = {source: np.asarray(output) for source, output in model(mix).items()}
-    executor, given, received, pieces = WaveUNetStream(model, config, batch=1), 0, 0, []
+    executor, given, received, pieces = ARCHITECTURES["waveunet"].incremental(model, config)(1), 0, 0, []
     for size in [1, 2, 5, 64, 3, 200] * 20:
         block = mix[:, received:received + size]
         received += block.shape[1]
