@@ -109,6 +109,7 @@ print("replicas", strategy.num_replicas_in_sync, "steps", int(model.optimizer.it
 """
 
 
+@pytest.mark.slow  # a minute; the multi-worker test below covers distributed training too
 def test_training_under_a_mirrored_strategy_on_two_logical_cpus(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
@@ -197,6 +198,7 @@ def test_bfloat16_mixed_precision_trains_and_its_checkpoint_loads_in_float32(tmp
         train.resolve_run(train.parse_args(["--resume", str(run_dir), "--precision", "float32"]))
 
 
+@pytest.mark.slow  # three runs' worth of steps
 def test_resume_falls_back_to_the_previous_backup_when_the_newest_is_corrupt(tmp_path, capsys):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=20, validate_every=10)
@@ -233,6 +235,7 @@ def test_resume_keeps_the_best_loss_and_the_patience_count(tmp_path):
     assert best_file.read_bytes() == best_before  # not replaced by a worse model
 
 
+@pytest.mark.slow  # two runs and a resume: two minutes on 2 busy cores
 def test_a_resumed_run_draws_new_crops(tmp_path):
     seeds = {data.run_seed(0, worker, epoch) for worker in (0, 1) for epoch in (0, 3)}
     assert len(seeds) == 4
@@ -309,6 +312,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow  # two training processes: over a minute
 def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
