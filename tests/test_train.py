@@ -214,6 +214,7 @@ def test_resume_falls_back_to_the_previous_backup_when_the_newest_is_corrupt(tmp
     assert len(history.history["loss"]) == 2 and int(model.optimizer.iterations.numpy()) == 30
 
 
+@pytest.mark.slow  # two minutes on 2 cores; resuming is covered by test_a_killed_run_resumes_from_its_last_backup
 def test_resume_keeps_the_best_loss_and_the_patience_count(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tmp_path / "cache", steps=20, validate_every=10)
