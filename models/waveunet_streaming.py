@@ -79,7 +79,7 @@ class _Upsample:
     (0.5 for ``LinearUpsample``, the learned weights for ``LearnedUpsample``), in the
     layers' arithmetic."""
 
-    def __init__(self, layer, batch: int):
+    def __init__(self, layer):
         weights = layer.get_weights()
         self.weight = 1 / (1 + np.exp(-np.asarray(weights[0], np.float32))) if weights else None
         self.previous = None
@@ -142,7 +142,7 @@ class WaveUNetStream:
         self.down = [_Conv(layer(f"down_conv_{i}"), batch) for i in range(config.num_layers)]
         self.decimate = [_Decimate() for _ in range(config.num_layers)]
         self.bottleneck = _Conv(layer("bottleneck_conv"), batch)
-        self.upsample = [_Upsample(layer(f"upsample_{i}"), batch) for i in range(config.num_layers)]
+        self.upsample = [_Upsample(layer(f"upsample_{i}")) for i in range(config.num_layers)]
         self.up = [_Conv(layer(f"up_conv_{i}"), batch) for i in range(config.num_layers)]
         skip_starts, mix_start, output_start = crop_starts
         filters = [config.num_initial_filters * (i + 1) for i in range(config.num_layers + 1)]

@@ -62,7 +62,21 @@ def resample_window(window: np.ndarray, from_rate: int, to_rate: int) -> np.ndar
     return (np.fft.irfft(weighted, n=seconds * to_rate, axis=0) * (to_rate / from_rate)).astype(np.float32)
 
 
-class ResampleStream:
+class _BufferedResampler:
+    """What both forms of the rule share: the block's samples counted and buffered (equal
+    rates pass through); ``_ready(last)`` returns the output samples they complete."""
+
+    def resample_chunk(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        block = np.asarray(block, np.float32)
+        self.received += len(block)
+        if self.from_rate == self.to_rate:
+            self.emitted += len(block)
+            return block
+        self.buffer = np.concatenate([self.buffer, block])
+        return self._ready(last)
+
+
+class ResampleStream(_BufferedResampler):
     """The rule over a song fed block by block; the same samples as ``resample`` on the
     whole song, whatever the blocks. ``resample_chunk(block, last)`` returns what is
     ready (whole segments until ``last``, then the rest), as soxr's streams do."""
@@ -80,13 +94,7 @@ class ResampleStream:
         self.buffer = self.buffer[SEGMENT_SECONDS * self.from_rate:]
         return resample_window(window, self.from_rate, self.to_rate)[start:start + SEGMENT_SECONDS * self.to_rate]
 
-    def resample_chunk(self, block: np.ndarray, last: bool = False) -> np.ndarray:
-        block = np.asarray(block, np.float32)
-        self.received += len(block)
-        if self.from_rate == self.to_rate:
-            self.emitted += len(block)
-            return block
-        self.buffer = np.concatenate([self.buffer, block])
+    def _ready(self, last: bool) -> np.ndarray:
         window_length = (SEGMENT_SECONDS + 2 * CONTEXT_SECONDS) * self.from_rate
         pieces = []
         while len(self.buffer) >= window_length:
@@ -136,7 +144,7 @@ def impulse_response(seconds: np.ndarray, from_rate: int, to_rate: int) -> np.nd
     return span * np.sinc(span * seconds) * envelope / from_rate
 
 
-class LiveResampleStream:
+class LiveResampleStream(_BufferedResampler):
     """The rule as a finite filter for live streams: ``resample_chunk`` returns every
     output sample whose lookahead (``LIVE_HALF_WIDTH_EDGE_PERIODS``) has arrived, so a
     stream waits ``lookahead_seconds`` at most, whatever its blocks (``ResampleStream``
@@ -206,13 +214,7 @@ class LiveResampleStream:
         drop = max(0, next_start - self.first)
         self.buffer, self.first = self.buffer[drop:], self.first + drop
 
-    def resample_chunk(self, block: np.ndarray, last: bool = False) -> np.ndarray:
-        block = np.asarray(block, np.float32)
-        self.received += len(block)
-        if self.from_rate == self.to_rate:
-            self.emitted += len(block)
-            return block
-        self.buffer = np.concatenate([self.buffer, block])
+    def _ready(self, last: bool) -> np.ndarray:
         if last:  # silence after the song
             self.buffer = np.pad(self.buffer, [(0, self.half_taps), (0, 0)])
             stop = output_length(self.received, self.from_rate, self.to_rate)
