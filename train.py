@@ -25,7 +25,7 @@ from runtime.run_directory import RunConfig  # noqa: E402
 from training import run_config  # noqa: E402
 from training.losses import LOSSES  # noqa: E402
 from training.run_config import DEFAULT_SYNTHETIC_SONGS, RunConfigError  # noqa: E402
-from training.session import train  # noqa: E402
+from training.session import LEARNING_RATE_SCHEDULES, train  # noqa: E402
 
 
 def dataset_mix(text: str) -> str:
@@ -45,6 +45,14 @@ def mix_weights(text: str) -> list[float]:
     if min(weights) < 0 or sum(weights) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: weights must be non-negative with a positive sum")
     return weights
+
+
+def model_setting(text: str) -> tuple[str, str]:
+    """argparse type of --model-set: FIELD=VALUE (the value is parsed against the field's type later)."""
+    field, equals, value = text.partition("=")
+    if not equals or not field.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE")
+    return field.strip(), value.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="total optimizer steps, exactly (small: 400)")
     parser.add_argument("--batch-size", type=int, help="examples per step (small: 8; M1..M5: 16)")
     parser.add_argument("--learning-rate", type=float, help="Adam learning rate (small: 5e-4; M1..M5: 1e-4 as f90)")
+    parser.add_argument("--lr-schedule", dest="learning_rate_schedule", choices=LEARNING_RATE_SCHEDULES,
+                        help="constant: the learning rate throughout; cosine: from the learning rate down to "
+                             "zero along a half cosine over the run's --steps (default: constant)")
     parser.add_argument("--validate-every", type=int, help="steps between validations, backups and checkpoints "
                                                            "(small: 200; M1..M5: 2000)")
     parser.add_argument("--patience", type=int, help="validations without improvement before stopping early "
@@ -97,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score a training example whose target is empty above HZ only below HZ, so songs "
                              "recorded at a lower rate (MIR-1K: 16 kHz, use 8000) do not teach that nothing up "
                              "there is voice (Wave-U-Net; default: off)")
+    parser.add_argument("--model-set", dest="model_settings", action="append", type=model_setting,
+                        metavar="FIELD=VALUE", help="change one field of the named --config before training, "
+                        "e.g. --model-set num_initial_filters=24 --model-set sample_rate=16000 (fields: "
+                        "config.json's \"model\"); not with --init-from or --resume")
     parser.add_argument("--seed", type=int, help="seed of crops and augmentation (default: 0)")
     parser.add_argument("--synthetic-songs", type=int, help=f"training songs of 20 s of each generated dataset "
                                                             f"(synthetic, rendered; default: {DEFAULT_SYNTHETIC_SONGS})")

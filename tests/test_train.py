@@ -501,3 +501,45 @@ def test_l1_and_band_limited_losses_train_are_recorded_and_refused_where_they_do
     write_run(tiny_run_dir, tmp_path / "tiny-cache", steps=4, validate_every=2, loss="l1", band_limit_hz=3000.0)
     model, history = resume(tiny_run_dir)
     assert int(model.optimizer.iterations.numpy()) == 4 and np.all(np.isfinite(history.history["loss"]))
+
+
+def test_a_cosine_schedule_falls_from_the_learning_rate_to_zero_over_the_runs_steps(tmp_path):
+    run_dir = tmp_path / "run"
+    _, run = train.resolve_run(train.parse_args(["--lr-schedule", "cosine", "--learning-rate", "1e-3", "--steps", "100",
+                                                 "--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "c")]))
+    assert RunDirectory(run_dir).read_config()["training"]["learning_rate_schedule"] == "cosine"
+    optimizer = session.make_optimizer(run.training)
+    rates = []
+    for step in (0, 50, 100):
+        optimizer.iterations.assign(step)
+        rates.append(float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+    np.testing.assert_allclose(rates, [1e-3, 5e-4, 0.0], atol=1e-9)
+    constant = session.make_optimizer({**run.training, "learning_rate_schedule": "constant"})
+    constant.iterations.assign(100)
+    assert float(keras.ops.convert_to_numpy(constant.learning_rate)) == pytest.approx(1e-3)
+    with pytest.raises(SystemExit, match=r"--lr-schedule constant \(the run has cosine\)"):  # a resumed run keeps its schedule
+        train.resolve_run(train.parse_args(["--resume", str(run_dir), "--lr-schedule", "constant"]))
+    with pytest.raises(SystemExit, match="learning-rate decay"):  # UMT decays per validation already
+        train.resolve_run(train.parse_args(["--arch", "umt", "--lr-schedule", "cosine",
+                                            "--run-dir", str(tmp_path / "umt")]))
+
+
+def test_model_set_changes_fields_of_the_named_config_and_refuses_what_does_not_fit(tmp_path):
+    run_dir = tmp_path / "run"
+    _, run = train.resolve_run(train.parse_args(["--model-set", "num_initial_filters=24", "--model-set",
+                                                 "sample_rate=16000", "--model-set", "context=true",
+                                                 "--run-dir", str(run_dir)]))
+    saved = RunDirectory(run_dir).read_config()["model"]
+    assert (saved["num_initial_filters"], saved["sample_rate"], saved["context"]) == (24, 16000, True)
+    assert saved["num_layers"] == 8  # the rest is the small config's
+    model, _ = session.build_model(run, choose_strategy())
+    assert model.count_params() > 2_000_000  # 1.5 M at 16 filters; about (24/16)^2 as many at 24
+    for setting, message in (("bogus=1", "no such field"), ("num_layers=1.5", "invalid literal"),
+                             ("context=maybe", "true or false"), ("upsampling=cubic", "'linear' or 'learned'")):
+        with pytest.raises(SystemExit, match=message):
+            train.resolve_run(train.parse_args(["--model-set", setting, "--run-dir", str(tmp_path / "bad")]))
+    with pytest.raises(SystemExit, match="--init-from"):
+        train.resolve_run(train.parse_args(["--init-from", str(run_dir), "--model-set", "num_layers=4",
+                                            "--run-dir", str(tmp_path / "init")]))
+    with pytest.raises(SystemExit, match="--model-set"):
+        train.resolve_run(train.parse_args(["--resume", str(run_dir), "--model-set", "num_layers=4"]))

@@ -5,6 +5,7 @@ and the flags, and written to the run directory."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -17,10 +18,14 @@ from training.data import dataset_parts
 TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 500,
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8,
                      "precision": "float32", "learning_rate_decay": 1.0, "clip_norm": None,
-                     "pitch_shift_semitones": 0.0, "ema_momentum": None, "loss": "mse", "band_limit_hz": None}
+                     "pitch_shift_semitones": 0.0, "ema_momentum": None, "loss": "mse", "band_limit_hz": None,
+                     "learning_rate_schedule": "constant"}
 TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision",
-                  "pitch_shift_semitones", "ema_momentum", "loss", "band_limit_hz")
+                  "pitch_shift_semitones", "ema_momentum", "loss", "band_limit_hz", "learning_rate_schedule")
 DEFAULT_SYNTHETIC_SONGS = 90
+# train.py's flags whose name is not their setting's (the rest: --setting-name).
+FLAG_NAMES = {"pitch_shift_semitones": "--pitch-shift", "ema_momentum": "--ema", "band_limit_hz": "--band-limit",
+              "learning_rate_schedule": "--lr-schedule"}
 
 
 class RunConfigError(Exception):
@@ -38,15 +43,48 @@ def _resume_conflicts(flags, run: RunConfig) -> list[str]:
              "cache_dir": data["cache_dir"],
              "synthetic_songs": data["synthetic_songs"]["train"], "init_from": training.get("init_from"),
              **{key: training.get(key) for key in TRAINING_FLAGS if key != "steps"}}
-    conflicts = [f"--{key.replace('_', '-')} {getattr(flags, key)} (the run has {value})"
+    conflicts = [f"{FLAG_NAMES.get(key, '--' + key.replace('_', '-'))} {getattr(flags, key)} (the run has {value})"
                  for key, value in saved.items() if getattr(flags, key) is not None and getattr(flags, key) != value]
     if flags.variant is not None:
         conflicts.append(f"--variant {flags.variant} (the run's config is {run.config_name})")
+    if getattr(flags, "model_settings", None):
+        conflicts.append("--model-set (the run's model is in its config.json)")
     if flags.no_cache and training["cache"]:
         conflicts.append("--no-cache (the run caches songs)")
     if flags.run_dir is not None and Path(flags.run_dir).resolve() != Path(flags.resume).resolve():
         conflicts.append(f"--run-dir {flags.run_dir} (resuming writes to {flags.resume})")
     return conflicts
+
+
+def _parse_setting(text: str, current):
+    """``text`` read as the type of the field's current value."""
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return text.lower() == "true"
+    if isinstance(current, (int, float)):
+        return type(current)(text)  # int("1.5") fails: an int field takes whole numbers only
+    if isinstance(current, str):
+        return text
+    return json.loads(text)  # None or a list: a JSON value
+
+
+def apply_model_settings(architecture, model: dict, settings) -> dict:
+    """``model`` (a config's dict) with each (field, text) of ``settings`` applied, checked
+    by building the architecture's config from it. Raises ``RunConfigError``."""
+    model = dict(model)
+    for field, text in settings:
+        if field not in model:
+            raise RunConfigError(f"--model-set {field}: no such field; the config has {', '.join(model)}")
+        try:
+            model[field] = _parse_setting(text, model[field])
+        except ValueError as error:
+            raise RunConfigError(f"--model-set {field}={text}: {error} (now {model[field]!r})") from None
+    try:
+        architecture.config_from_dict(model)
+    except (ValueError, TypeError) as error:
+        raise RunConfigError(f"--model-set: {error}") from None
+    return model
 
 
 def resolve_run(flags) -> tuple[Path, RunConfig]:
@@ -82,11 +120,15 @@ def resolve_run(flags) -> tuple[Path, RunConfig]:
         except FileNotFoundError as error:
             raise RunConfigError(f"--init-from {error}") from None
         arch, config_name, model = source.arch, source.config_name, source.model
+        if getattr(flags, "model_settings", None):
+            raise RunConfigError("--model-set changes the model's shape, which --init-from takes from "
+                                 f"{flags.init_from}; leave one out")
     elif config_name not in architecture.configs:
         raise RunConfigError(f"unknown --config {config_name!r} for {arch}; choose one of "
                              f"{', '.join(architecture.configs)}")
     else:
-        model = architecture.configs[config_name].to_dict()
+        model = apply_model_settings(architecture, architecture.configs[config_name].to_dict(),
+                                     getattr(flags, "model_settings", None) or ())
     presets = ARCHITECTURES[arch].training_presets  # --init-from may have changed the architecture
     training = {**TRAINING_DEFAULTS, **presets.get(config_name, {}), "init_from": flags.init_from}
     for key in TRAINING_FLAGS:
@@ -108,6 +150,9 @@ def resolve_run(flags) -> tuple[Path, RunConfig]:
     if training["band_limit_hz"] is not None and not 0 < training["band_limit_hz"] < model["sample_rate"] / 2:
         raise RunConfigError(f"--band-limit {training['band_limit_hz']:g} Hz must lie below half the model's "
                              f"sample rate ({model['sample_rate'] / 2:g} Hz)")
+    if training["learning_rate_schedule"] == "cosine" and training["learning_rate_decay"] != 1.0:
+        raise RunConfigError(f"--lr-schedule cosine replaces {config_name}'s learning-rate decay "
+                             f"({training['learning_rate_decay']} per validation), which does not combine with it")
     run = RunConfig(arch=arch, config_name=config_name, model=model, data=data, training=training)
     run_dir = Path(flags.run_dir or f"runs/{arch}-{config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     RunDirectory(run_dir).write_config(run)

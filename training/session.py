@@ -41,13 +41,25 @@ def build_model(run: RunConfig | dict, strategy):
     return model, model_config
 
 
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+
+
 def make_optimizer(training: dict) -> keras.optimizers.Optimizer:
-    """Adam; its learning rate multiplied by ``learning_rate_decay`` after every validation
-    interval (UMT decays it per epoch), gradients clipped to norm ``clip_norm`` if given, and
-    an exponential moving average of the weights kept with ``ema_momentum`` if given."""
+    """Adam; its learning rate constant, or along a half cosine from ``learning_rate`` to zero
+    over the run's ``steps`` (``learning_rate_schedule``), and multiplied by
+    ``learning_rate_decay`` after every validation interval (UMT decays it per epoch);
+    gradients clipped to norm ``clip_norm`` if given, and an exponential moving average of
+    the weights kept with ``ema_momentum`` if given."""
     learning_rate = training["learning_rate"]
     decay = training.get("learning_rate_decay", 1.0)
-    if decay != 1.0:
+    schedule = training.get("learning_rate_schedule", "constant")
+    if schedule not in LEARNING_RATE_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; known: {LEARNING_RATE_SCHEDULES}")
+    if schedule == "cosine" and decay != 1.0:
+        raise ValueError("a cosine schedule and learning_rate_decay do not combine; choose one")
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=training["steps"])
+    elif decay != 1.0:
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
             learning_rate, decay_steps=training["validate_every"], decay_rate=decay, staircase=True)
     momentum = training.get("ema_momentum")
