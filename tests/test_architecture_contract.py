@@ -174,24 +174,7 @@ def test_export_matches_the_keras_model_and_separate_py_runs_on_it(arch, config,
         np.testing.assert_allclose((vocals + accompaniment)[unclipped], song[unclipped], atol=2.05 / 2**15 + 1e-5)
 
 
-def onnx_cases():
-    """The contract cases, those whose ONNX export is known to fail marked so."""
-    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
-
-    for case in CASES:
-        if case.id in KNOWN_ONNX_FAILURES:
-            case = pytest.param(*case.values, id=case.id, marks=pytest.mark.xfail(
-                strict=True, raises=InvalidGraph, reason=KNOWN_ONNX_FAILURES[case.id]))
-        yield case
-
-
-# Case id -> why its ONNX export fails today. tf2onnx (opset 17) converts no Log1p, which
-# models.mulaw.compand uses, so the mu-law models' ONNX graphs do not load in ONNX Runtime.
-KNOWN_ONNX_FAILURES = {case: "export --onnx: tf2onnx converts no Log1p (models.mulaw.compand)"
-                       for case in ("wavenet", "umt-a")}
-
-
-@pytest.mark.parametrize("arch, config", list(onnx_cases()))
+@contract
 def test_onnx_export_matches_the_saved_model_or_is_refused_for_a_generator(arch, config, tmp_path):
     """A model that separates in one call per window gets a model.onnx; one that separates
     by generation (which only the SavedModel holds) is refused, saying why."""
