@@ -134,8 +134,10 @@ def test_init_from_starts_with_another_runs_weights_and_architecture(tmp_path):
 
 
 @pytest.mark.parametrize("config,expected", [
-    ("small", {"steps": 400, "batch_size": 8, "learning_rate": 5e-4, "validate_every": 200, "patience": 20}),
-    ("M5", {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "validate_every": 2000, "patience": 20}),
+    ("small", {"steps": 400, "batch_size": 8, "learning_rate": 1e-3, "learning_rate_schedule": "cosine",
+               "validate_every": 200, "patience": 20}),
+    ("M5", {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, "learning_rate_schedule": "constant",
+            "validate_every": 2000, "patience": 20}),
 ])
 def test_named_configs_train_with_their_architectures_presets(tmp_path, config, expected):
     _, run = train.resolve_run(train.parse_args(["--config", config, "--run-dir", str(tmp_path / "run")]))
