@@ -70,7 +70,7 @@ def test_l1_is_the_mean_absolute_error_per_example():
 def test_bad_loss_settings_are_refused():
     with pytest.raises(ValueError, match="unknown loss"):
         waveform_loss("huber")
-    with pytest.raises(ValueError, match="half the sample rate"):
+    with pytest.raises(ValueError, match="half the model's sample rate"):
         waveform_loss("mse", 12000, RATE)
     with pytest.raises(ValueError, match="waveform models"):
         compile_losses({"vocals": keras.losses.SparseCategoricalCrossentropy()}, "l1")

@@ -31,7 +31,7 @@ def waveform_loss(kind: str, band_limit_hz: float | None = None, sample_rate: in
     if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
     if band_limit_hz is not None and not 0 < band_limit_hz < sample_rate / 2:
-        raise ValueError(f"band limit {band_limit_hz} Hz must lie between 0 and half the sample rate "
+        raise ValueError(f"--band-limit {band_limit_hz:g} Hz must lie between 0 and half the model's sample rate "
                          f"({sample_rate / 2:g} Hz)")
 
     def loss(y_true, y_pred):

@@ -12,6 +12,7 @@ from pathlib import Path
 from models.registry import ARCHITECTURES
 from runtime.run_directory import RunConfig, RunDirectory
 from training.data import dataset_parts
+from training.losses import compile_losses
 
 # The base of every run's training settings: the architecture's preset for the named config
 # (models.registry) replaces some of them, flags override both.
@@ -143,13 +144,12 @@ def resolve_run(flags) -> tuple[Path, RunConfig]:
     if unknown:
         raise RunConfigError(f"--select-on {flags.select_on}: {', '.join(sorted(unknown))} is not in --dataset "
                              f"{data['dataset']}")
-    waveform_loss = training["loss"] != "mse" or training["band_limit_hz"] is not None
-    if waveform_loss and any(loss != "mse" for loss in ARCHITECTURES[arch].losses(
-            ARCHITECTURES[arch].config_from_dict(model)).values()):
-        raise RunConfigError(f"--loss and --band-limit apply to waveform models (waveunet), not {arch}")
-    if training["band_limit_hz"] is not None and not 0 < training["band_limit_hz"] < model["sample_rate"] / 2:
-        raise RunConfigError(f"--band-limit {training['band_limit_hz']:g} Hz must lie below half the model's "
-                             f"sample rate ({model['sample_rate'] / 2:g} Hz)")
+    try:  # the losses' own checks, before a run directory is written
+        architecture = ARCHITECTURES[arch]
+        compile_losses(architecture.losses(architecture.config_from_dict(model)), training["loss"],
+                       training["band_limit_hz"], model["sample_rate"])
+    except ValueError as error:
+        raise RunConfigError(str(error)) from None
     if training["learning_rate_schedule"] == "cosine" and training["learning_rate_decay"] != 1.0:
         raise RunConfigError(f"--lr-schedule cosine replaces {config_name}'s learning-rate decay "
                              f"({training['learning_rate_decay']} per validation), which does not combine with it")
