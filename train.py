@@ -84,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "checkpoint (fine-tuning); its model config is used")
     parser.add_argument("--steps", type=int, help="total optimizer steps, exactly (small: 400)")
     parser.add_argument("--batch-size", type=int, help="examples per step (small: 8; M1..M5: 16)")
-    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (small: 5e-4; M1..M5: 1e-4 as f90)")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (small: 1e-3; M1..M5: 1e-4 as f90)")
     parser.add_argument("--lr-schedule", dest="learning_rate_schedule", choices=LEARNING_RATE_SCHEDULES,
                         help="constant: the learning rate throughout; cosine: from the learning rate down to "
-                             "zero along a half cosine over the run's --steps (default: constant)")
+                             "zero along a half cosine over the run's --steps (small: cosine; others: constant)")
     parser.add_argument("--validate-every", type=int, help="steps between validations, backups and checkpoints "
                                                            "(small: 200; M1..M5: 2000)")
     parser.add_argument("--patience", type=int, help="validations without improvement before stopping early "
