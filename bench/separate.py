@@ -5,7 +5,8 @@
 For each --configs entry, a registered architecture's named config with random weights
 (speed does not depend on them): "<arch>:<config>" (e.g. wavenet:small, umt:small-full),
 or a bare name for a Wave-U-Net (by default the default preset and M4/M5/M5-HighSR-sized
-ones, then wavenet:small, umt:small (Structure A) and umt:small-full), it separates a 30 s
+ones, then wavenet:small, umt:small (Structure A) and umt:small-full), or a run directory
+for its model's shape (e.g. runs/my-run; labelled by the folder's name), it separates a 30 s
 stereo 44.1 kHz clip in each runtime (Keras in float32 and bfloat16, the exported
 SavedModel, its model.onnx in ONNX Runtime, and that file statically quantized to int8)
 and prints:
@@ -106,8 +107,10 @@ class BenchModel:
 
     @classmethod
     def parse(cls, text: str) -> "BenchModel":
-        """"<arch>:<config>", or a bare Wave-U-Net config name (the bench's first rows: the README's
-        commands keep working)."""
+        """"<arch>:<config>", a bare Wave-U-Net config name (the bench's first rows: the README's
+        commands keep working), or a run directory (its model, labelled by the folder's name)."""
+        if (Path(text) / "config.json").is_file():
+            return dataclasses.replace(cls.of_run(Path(text)), name=Path(text).name)
         arch, _, name = text.rpartition(":")
         arch = arch or "waveunet"
         if arch not in ARCHITECTURES:
@@ -446,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--configs", nargs="+", type=BenchModel.parse,
                         default=[BenchModel.parse(text) for text in DEFAULT_CONFIGS],
                         help="configs to time, with random weights: <arch>:<config> of any registered "
-                             "architecture, or a Wave-U-Net config's bare name (default: "
+                             "architecture, a Wave-U-Net config's bare name, or a run directory (its "
+                             "model's shape) (default: "
                              f"{' '.join(DEFAULT_CONFIGS)})")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         help="runtimes to time each config in (default: all); keras-float32, the reference, "

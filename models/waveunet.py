@@ -164,9 +164,9 @@ CONFIGS: dict[str, WaveUNetConfig] = {
 
 
 # Training settings per named config; train.py's flags override them. "small" finishes
-# in minutes on a 2-core CPU; its half-cosine schedule from 1e-3 scored +0.24/+0.32 dB
-# (vocals/accompaniment) over a constant 5e-4 on the MUSDB18 validation previews at the
-# same 400 steps (docs/benchmarks.md, recipe probes from scratch). The paper configs take the first stage of f90's recipe
+# in minutes on a 2-core CPU; its half-cosine schedule from 1e-3 ties a constant 5e-4 over
+# two seeds at 400 steps (docs/benchmarks.md, recipe probes from scratch) and ends the run
+# at a small step. The paper configs take the first stage of f90's recipe
 # (batch 16, Adam 1e-4, validation every 2000 steps, patience 20); its second stage
 # is a fine-tune with --init-from, batch 32 and 1e-5 (README).
 F90_FIRST_STAGE = {"batch_size": 16, "learning_rate": 1e-4, "validate_every": 2000, "patience": 20}

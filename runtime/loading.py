@@ -18,7 +18,7 @@ from runtime.separator import Separator, keras_separator
 
 
 # The model separate.py (and bench) use when none is named; see its model card.
-PRETRAINED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "waveunet-small-mixed"
+PRETRAINED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "waveunet-small-musdb"
 
 
 def fast_bfloat16() -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = REPOSITORY / "pretrained" / "waveunet-small-mixed"
+SHIPPED_MODEL = REPOSITORY / "pretrained" / "waveunet-small-musdb"
 # A batch of two stereo waveforms for the stand-in's serving_default.
 MIX = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 300, 2)).astype(np.float32)
 
