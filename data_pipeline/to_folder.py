@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from data_pipeline.audio import AudioError
 from data_pipeline.datasets import DATASETS, SPLITS, DatasetError, get_tracks, load_track
 
 # libsndfile's format, subtype and settings per extension; Vorbis "compression 0.3" is quality 0.7.
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     try:
         songs = write_folder_dataset(args.dataset, args.data_root, args.out, splits=args.splits,
                                      sample_rate=args.rate, audio_format=args.format)
-    except DatasetError as error:
+    except (DatasetError, AudioError) as error:  # a bad root, or a song that does not decode
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {songs} songs under {args.out}")

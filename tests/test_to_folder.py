@@ -56,6 +56,15 @@ def test_a_missing_root_is_an_error_naming_the_layout(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_song_that_does_not_decode_is_an_error_naming_its_file(tmp_path, capsys):
+    source = write_musdb_hq(tmp_path / "hq")
+    broken = source / "train" / "Song B" / "vocals.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVE")  # a header and nothing else
+    assert to_folder(["--dataset", "musdb-hq", "--data-root", str(source), "--out", str(tmp_path / "out"),
+                      "--splits", "train"]) == 2
+    assert str(broken) in capsys.readouterr().err
+
+
 def test_the_campaign_reads_keras_step_times_and_fits_its_steps_to_the_time_left():
     log = ("40/40 - 9s - 220ms/step - loss: 0.01\n"
            "40/40 - 1s - 35ms/step - loss: 0.01\n")
