@@ -119,11 +119,11 @@ def main(argv=None) -> int:
     environment = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / len(runs):.2f}")
     processes = {}
     for name, flags in runs.items():
-        log = open(scratch / f"{name}.log", "w")
-        processes[name] = subprocess.Popen(
-            _train_command(scratch / name, args.data_root,
-                           [*flags, "--steps", str(steps), "--validate-every", str(validate_every)]),
-            stdout=log, stderr=subprocess.STDOUT, env=environment)
+        with open(scratch / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+            processes[name] = subprocess.Popen(
+                _train_command(scratch / name, args.data_root,
+                               [*flags, "--steps", str(steps), "--validate-every", str(validate_every)]),
+                stdout=log, stderr=subprocess.STDOUT, env=environment)
     save_seconds = 20 * len(runs)
     for name, process in processes.items():
         try:
