@@ -66,7 +66,8 @@ def parse_args(argv=None):
                         help="replace outputs already in --out (default: refuse to, before separating anything)")
     parser.add_argument("--precision", choices=["auto", *sorted(PRECISIONS)], default="auto",
                         help="auto (default): bfloat16 where it is faster (GPUs, CPUs with AMX; SDR within "
-                             "0.05 dB of float32), else float32")
+                             "0.05 dB of float32), else float32; --live always computes in float32, so a "
+                             "stream's delay is the same on every machine")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
                         help="audio per model call; lower it to use less memory (default: 30)")
     live = parser.add_argument_group("live separation (raw PCM in, one source out; instead of INPUT files)")
@@ -88,6 +89,9 @@ def parse_args(argv=None):
         parser.error("give INPUT files or folders, or --live PCM")
     if args.live is not None and (args.inputs or args.rate is None or args.channels is None):
         parser.error("--live takes no INPUT files, and needs --rate and --channels")
+    if args.live is not None and args.precision == "bfloat16":
+        parser.error("--live computes in float32 (a stream's delay and output are then the same on every "
+                     "machine): drop --precision bfloat16")
     if not 0 < args.block_ms <= 1000:
         parser.error(f"--block-ms must be above 0 and at most 1000, not {args.block_ms:g}")
     return args
@@ -234,7 +238,7 @@ def load_chosen_separator(args):
     log = sys.stderr if args.live is not None else sys.stdout  # live: stdout carries the audio
     if args.model is None:
         print(f"No --model given: using the shipped pretrained model {model_path}", file=log)
-    precision = resolve_precision(args.precision, model_path)
+    precision = resolve_precision(args.precision, model_path, live=args.live is not None)
     try:
         separator = load_separator(model_path, precision)
     except (FileNotFoundError, ValueError) as error:

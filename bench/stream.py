@@ -64,6 +64,7 @@ from bench.serve import start_server, stop_server  # noqa: E402
 from data_pipeline.audio import load_audio  # noqa: E402
 from data_pipeline.synthetic_music import generate_song  # noqa: E402
 from runtime.chunking import positive_seconds, separate_song  # noqa: E402
+from runtime.cpu import this_cpu  # noqa: E402
 from runtime.export import export_run  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL, is_exported, load_separator  # noqa: E402
 from runtime.separator import Separator, keras_separator  # noqa: E402
@@ -120,22 +121,6 @@ class StreamProtocolError(RuntimeError):
 
 
 # --- the machine and the audio -----------------------------------------------------------------
-
-
-def cpu_description(cpuinfo: str | None = None) -> str:
-    """The CPU's model, cores and the extensions the models' kernels use where present: the
-    figures depend on them more than on anything else about the machine."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    fields = [line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line]
-    model = next((value.strip() for key, value in fields if key.strip() == "model name"), "unknown CPU")
-    flags = set(next((value.split() for key, value in fields if key.strip() == "flags"), []))
-    extensions = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX512-BF16": "avx512_bf16", "AMX": "amx_tile"}
-    present = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in extensions.items())
-    return f"{model}, {os.cpu_count()} cores ({present})"
 
 
 def music(seconds: float, rate: int, song: Path | None = None) -> np.ndarray:
@@ -397,7 +382,7 @@ def main(argv=None) -> int:
     tf.get_logger().setLevel("ERROR")  # each separator traces its own graph: TF calls that "retracing"
     models = [model_at(path) for path in args.model or [PRETRAINED_MODEL]]
     models += [untrained_model(text) for text in ARCH_CONFIGS] if args.arch_configs else []
-    cpu = cpu_description()
+    cpu = this_cpu().describe()
     print(f"CPU: {cpu}")
     print(f"Audio: {args.seconds:g} s stereo of {args.song or 'synthetic music (seed 0)'} per row; {WARMUP_BLOCKS} "
           f"warm-up blocks, then every push timed back to back. Misses are simulated from the measured compute "

@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from bench.stream import cpu_description  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
+from runtime.cpu import this_cpu  # noqa: E402
 from training.run_config import TRAINING_DEFAULTS  # noqa: E402
 from training.session import build_model  # noqa: E402
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     model_config = ARCHITECTURES["waveunet"].configs[args.config]
     best = seconds_per_step(model_config, args.config, args.batch_size, args.steps, args.repeats)
     input_length, _ = ARCHITECTURES["waveunet"].input_length_for(model_config, model_config.num_frames)
-    print(f"CPU: {cpu_description()}")
+    print(f"CPU: {this_cpu().describe()}")
     print(f"Wave-U-Net {args.config}, batch {args.batch_size} of {input_length}-sample crops, "
           f"best of {args.repeats} turns of {args.steps} steps")
     print(f"{'precision':<10} {'steps/s':>8} {'vs float32':>11}")

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.registry import ARCHITECTURES, build_in_precision
+from runtime.cpu import this_cpu
 from runtime.model_facts import ModelFacts
 from runtime.run_directory import RunDirectory
 from runtime.separator import Separator, keras_separator
@@ -22,18 +23,15 @@ PRETRAINED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "waveune
 
 
 def fast_bfloat16() -> bool:
-    """Whether bfloat16 computes faster than float32 here: on a GPU, or a CPU with AMX.
+    """Whether bfloat16 computes faster than float32 here: on a GPU, or a CPU with AMX
+    (``runtime.cpu``: WAVESEP_CPU_CLASS forces the CPU's answer, GPUs aside).
 
     AVX512-BF16 alone is not enough: on such a 2-core Xeon the shipped model ran at
     0.5-1.4x its float32 speed in bfloat16 (README, Benchmarks)."""
-    if tf.config.list_physical_devices("GPU"):
+    cpu = this_cpu()
+    if cpu.forced_class is None and tf.config.list_physical_devices("GPU"):
         return True
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "amx_bf16" in flags
+    return "amx_bf16" in cpu.flags
 
 
 def is_exported(path) -> bool:
@@ -42,13 +40,14 @@ def is_exported(path) -> bool:
     return path.suffix == ".onnx" or (path / "saved_model.pb").is_file()
 
 
-def resolve_precision(precision: str, path) -> str:
+def resolve_precision(precision: str, path, live: bool = False) -> str:
     """``auto``: bfloat16 for a run directory where it is faster (``fast_bfloat16``;
     SDR within 0.05 dB of float32, README, Benchmarks), else float32 (exported models
-    run in the precision they were exported in)."""
+    run in the precision they were exported in; live streams compute in float32,
+    ``runtime.streaming``)."""
     if precision != "auto":
         return precision
-    return "bfloat16" if fast_bfloat16() and not is_exported(path) else "float32"
+    return "bfloat16" if fast_bfloat16() and not live and not is_exported(path) else "float32"
 
 
 @dataclass(frozen=True)

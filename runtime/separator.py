@@ -29,6 +29,7 @@ class Separator:
     description: str  # what the model is (e.g. its architecture), for messages
     one_pass: bool = True  # no sampling decoder: can separate live (Architecture.separates_in_one_pass)
     incremental: Callable | None = None  # (batch) -> a stream executor (Architecture.incremental), if any
+    precision: str = "float32"  # what the model computes in (a run directory's may be bfloat16)
 
     def passes(self, input_channels: int) -> int:
         """Model passes over a song: a mono model runs once per channel of a stereo song."""
@@ -61,4 +62,5 @@ def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separ
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
                      chunk_plan=functools.partial(architecture.chunk_plan, config), source=source, description=arch,
                      one_pass=architecture.separates_in_one_pass(config),
-                     incremental=architecture.incremental(model, config))
+                     incremental=architecture.incremental(model, config),
+                     precision=model.dtype_policy.compute_dtype)

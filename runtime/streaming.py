@@ -18,6 +18,10 @@ The delay, in input samples, is the sum of what each part waits for:
   decimation grid);
 - the resampler back: its half width.
 
+The delay is the model's and the block size's, never the machine's: streams compute in
+float32 (a bfloat16 model is refused), so a stream says the same delay on every CPU and
+its output is float32 offline separation's.
+
 A block is captured whole before it is pushed, and its output plays while the next one
 is captured, so a sample's capture-to-playback latency is ``delay_samples`` plus one
 block (``latency_seconds``), when each block's compute fits in the block's duration.
@@ -55,6 +59,11 @@ class StreamSeparation:
         if not separator.one_pass:
             raise StreamError(f"{separator.description} decodes by sampling, one sample after another: "
                               "live separation takes a one-pass model (Wave-U-Net, WaveNet, UMT Structure A)")
+        if separator.precision != "float32":
+            # Wave-U-Net's stream executor is float32 numpy: a bfloat16 model would take the
+            # chunked path instead, which waits longer, so the delay would follow the CPU.
+            raise StreamError(f"live streams compute in float32 (their delay and output are then the same "
+                              f"on every machine): load the model in float32, not {separator.precision}")
         if channels not in (1, 2):
             raise StreamError(f"live streams are mono or stereo, not {channels} channels")
         if not 1000 <= sample_rate <= MAX_STREAM_RATE:

@@ -2,6 +2,16 @@
 tests/serve_helpers.py; no test module imports another)."""
 import pytest
 
+from runtime.cpu import CPU_CLASS_VARIABLE, CPU_CLASSES
+
+
+@pytest.fixture(params=sorted(CPU_CLASSES))
+def cpu_class(request, monkeypatch):
+    """Runs the test as each CPU class CI may run on would (AVX2, AVX512-BF16, AMX): what
+    ``--precision auto`` picks follows it, in this process and the subprocesses it starts."""
+    monkeypatch.setenv(CPU_CLASS_VARIABLE, request.param)
+    return request.param
+
 
 @pytest.fixture(scope="session")
 def shipped_export(tmp_path_factory):

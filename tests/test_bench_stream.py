@@ -12,8 +12,9 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.sync.server import serve
 
 import bench.stream as bench
-from bench.stream import Row, cpu_description, deadline_misses, stream_row, websocket_round_trips, with_websocket
+from bench.stream import Row, deadline_misses, stream_row, websocket_round_trips, with_websocket
 from models.registry import ARCHITECTURES
+from runtime.cpu import this_cpu
 from runtime.separator import keras_separator
 from runtime.streaming import StreamSeparation
 from tests.helpers import TINY_WAVEUNET as TINY, make_run_dir
@@ -50,17 +51,12 @@ def test_a_row_is_the_arithmetic_of_its_measured_times(separator):
     assert row.vs_offline == pytest.approx(row.compute_mean / 0.25)
 
 
-def test_the_cpu_line_names_the_model_and_its_extensions():
-    line = cpu_description("model name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_tile\n")
-    assert line.startswith("Some Xeon, ") and "AVX2 yes, AVX-512 yes, AVX512-BF16 no, AMX yes" in line
-
-
 def test_a_run_on_a_tiny_model_prints_and_writes_consistent_rows(tmp_path, capsys):
     run_dir = make_run_dir(tmp_path / "tiny")
     assert bench.main(["--model", str(run_dir), "--seconds", "2", "--blocks-ms", "50", "100",
                        "--json", str(tmp_path / "rows.json")]) == 0
     written = json.loads((tmp_path / "rows.json").read_text())
-    assert written["cpu"] == cpu_description()
+    assert written["cpu"] == this_cpu().describe()
     rows = [Row(**row) for row in written["rows"]]
     assert [(row.model, row.rate, row.block_ms, row.block_size) for row in rows] == [
         ("tiny", RATE, 50, 400), ("tiny", RATE, 100, 800)]

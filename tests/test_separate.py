@@ -222,15 +222,29 @@ def test_without_model_the_shipped_pretrained_model_is_used(tmp_path, capsys):
     assert sf.info(tmp_path / "out" / "clip" / "vocals.wav").frames == 44100
 
 
-def test_auto_precision_picks_bfloat16_only_where_the_hardware_computes_it(run_dir, tmp_path, monkeypatch):
+def test_separate_py_computes_in_what_auto_picks_on_each_cpu_class(run_dir, tmp_path, capsys, cpu_class):
+    """bfloat16 only where the CPU computes it fast (AMX); its outputs are bfloat16's, and
+    float32's elsewhere, to within the 16-bit WAV's rounding (1 LSB) — not the other's."""
+    audio = np.random.default_rng(3).uniform(-0.5, 0.5, (4000, 2)).astype(np.float32)
+    sf.write(tmp_path / "song.wav", audio, 8000, subtype="FLOAT")
+    assert separate.main(separate_args(run_dir, tmp_path / "out", tmp_path / "song.wav")) == 0
+    picked, other = ("bfloat16", "float32") if cpu_class == "amx" else ("float32", "bfloat16")
+    assert f", {picked}) on " in capsys.readouterr().out
+    written, _ = load_audio(tmp_path / "out" / "song" / "vocals.wav")
+    lsb = 2.0 ** -15
+    assert np.abs(written - separate_song(load_separator(run_dir, picked), audio, 8000)["vocals"]).max() <= lsb
+    assert np.abs(written - separate_song(load_separator(run_dir, other), audio, 8000)["vocals"]).max() > 4 * lsb
+
+
+def test_auto_precision_keeps_exports_and_live_streams_in_float32(run_dir, tmp_path, cpu_class):
     from runtime import loading
 
-    monkeypatch.setattr(loading, "fast_bfloat16", lambda: True)
-    assert loading.resolve_precision("auto", run_dir) == "bfloat16"
+    fast = cpu_class == "amx"
+    assert loading.fast_bfloat16() == fast
+    assert loading.resolve_precision("auto", run_dir) == ("bfloat16" if fast else "float32")
+    assert loading.resolve_precision("auto", run_dir, live=True) == "float32"
     assert loading.resolve_precision("float32", run_dir) == "float32"
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "saved_model.pb").touch()  # an exported model keeps its own precision
     assert loading.resolve_precision("auto", tmp_path / "export") == "float32"
     assert loading.resolve_precision("auto", tmp_path / "model.onnx") == "float32"
-    monkeypatch.setattr(loading, "fast_bfloat16", lambda: False)
-    assert loading.resolve_precision("auto", run_dir) == "float32"

@@ -160,6 +160,17 @@ def test_an_incremental_executor_only_for_float32_context_models(tmp_path):
     assert ARCHITECTURES["waveunet"].incremental(bfloat16.model, bfloat16.config) is None
 
 
+def test_a_stream_refuses_a_bfloat16_model_so_its_delay_never_follows_the_cpu(tmp_path):
+    """bfloat16 would send a Wave-U-Net through the chunked path, which waits longer."""
+    import separate
+
+    run_dir = make_run_dir(tmp_path / "run")
+    with pytest.raises(StreamError, match="float32"):
+        StreamSeparation(load_separator(run_dir, precision="bfloat16"), 8000, 2, 160)
+    with pytest.raises(SystemExit):
+        separate.parse_args(["--live", "-", "--rate", "8000", "--channels", "2", "--precision", "bfloat16"])
+
+
 @pytest.mark.parametrize("rates", [(44100, 22050), (22050, 44100), (48000, 22050), (8000, 22050)])
 def test_the_live_resampler_is_the_offline_rule_within_1e_5(rates):
     """Full-scale noise (the hardest case for a cut filter), fed a sample at a time and in odd blocks."""
@@ -181,9 +192,11 @@ def live_args(*flags):
     return separate.parse_args(["--live", "-", *flags])
 
 
-def test_the_pipe_cli_writes_offline_separation_delayed_end_to_end(separators, tmp_path):
+def test_the_pipe_cli_writes_offline_separation_delayed_end_to_end(separators, tmp_path, cpu_class):
     """A real pipe into ``python separate.py --live -``: float32 PCM comes out equal to
-    offline separation once the announced delay is dropped, then the tail."""
+    offline separation once the announced delay is dropped, then the tail; the same delay
+    and samples on every CPU class (streams compute in float32 even where ``auto`` picks
+    bfloat16 for files)."""
     import subprocess
     import sys
 
@@ -199,7 +212,7 @@ def test_the_pipe_cli_writes_offline_separation_delayed_end_to_end(separators, t
     separation = StreamSeparation(separators["waveunet"], 8000, 2, 160)  # 20 ms, the default block
     assert f"output delayed by {separation.delay_samples} samples" in result.stderr.decode()
     streamed = decode_pcm(result.stdout, "f32le", 2)
-    offline = separate_song(load_separator(run_dir), audio, 8000)["vocals"]
+    offline = separate_song(load_separator(run_dir, precision="float32"), audio, 8000)["vocals"]
     assert len(streamed) == len(audio) + separation.delay_samples
     np.testing.assert_allclose(streamed[separation.delay_samples:], offline, atol=1e-5)
 
