@@ -1,5 +1,5 @@
 """The HTTP side: TensorFlow Serving's REST API v1 under ``/v1/``, the web page at ``/``
-with its job API under ``/api/``, and live separation over a WebSocket at
+with its job API under ``/api/`` (the jobs themselves in serve/jobs.py), and live separation over a WebSocket at
 ``/v1/models/NAME:stream`` (serve/live.py, with its own limits).
 
 Model calls run in worker threads, so the event loop keeps answering (status, progress,
@@ -20,14 +20,9 @@ import contextlib
 import logging
 import re
 import shutil
-import tempfile
 import time
-import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -38,15 +33,15 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from data_pipeline.audio import AudioError, write_wav
+from data_pipeline.audio import AudioError
 from models.architecture import SOURCES
 from serve import rest
+from serve.jobs import JobRunner, JobStore
 from serve.live import LiveLimits, LiveSessions
 from serve.repository import ModelRepository
 from serve.rest import RestError
-from serve.upload import UploadLimits, check_wav_bytes, decode_upload
+from serve.upload import UploadLimits, check_wav_bytes
 
-log = logging.getLogger("serve")
 access_log = logging.getLogger("serve.access")
 STATIC = Path(__file__).resolve().parent / "static"
 # TF Serving's paths (model_servers/http_rest_api_util.cc), without version labels.
@@ -107,65 +102,6 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-@dataclass
-class Job:
-    """A song separated for the web page; its files live in ``folder`` until the job is evicted."""
-
-    id: str
-    filename: str
-    folder: Path
-    state: str = "queued"  # queued -> decoding -> waiting (for the model) -> separating -> done | error
-    progress: float = 0.0  # fraction of the song separated
-    error: str = ""
-    facts: dict = field(default_factory=dict)
-    peaks: dict = field(default_factory=dict)
-    task: asyncio.Task | None = None
-
-    def json(self) -> dict:
-        results = {s: f"/api/jobs/{self.id}/{s}.wav" for s in SOURCES} if self.state == "done" else {}
-        return {"id": self.id, "filename": self.filename, "state": self.state, "progress": round(self.progress, 4),
-                "error": self.error, **self.facts, "peaks": self.peaks, "results": results}
-
-
-class JobStore:
-    """The newest ``max_jobs`` jobs; a new one evicts the oldest finished job, with its files."""
-
-    def __init__(self, max_jobs: int):
-        self.max_jobs = max_jobs
-        self.jobs: OrderedDict[str, Job] = OrderedDict()
-        self.root = Path(tempfile.mkdtemp(prefix="wavesep-jobs-"))
-
-    def add(self, filename: str) -> Job:
-        if len(self.jobs) >= self.max_jobs:
-            finished = [j for j in self.jobs.values() if j.state in ("done", "error")]
-            if not finished:
-                raise RestError(429, f"{self.max_jobs} songs are being separated; try again when one is done")
-            shutil.rmtree(self.jobs.pop(finished[0].id).folder, ignore_errors=True)
-        job = Job(uuid.uuid4().hex, filename, self.root / uuid.uuid4().hex)
-        job.folder.mkdir()
-        self.jobs[job.id] = job
-        return job
-
-    def get(self, job_id: str) -> Job:
-        if job_id not in self.jobs:
-            raise RestError(404, f"no job {job_id} (jobs are kept for the newest {self.max_jobs} songs)")
-        return self.jobs[job_id]
-
-    def close(self) -> None:
-        for job in self.jobs.values():
-            if job.task is not None:
-                job.task.cancel()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def envelope(audio: np.ndarray, bins: int = 600) -> dict:
-    """Per-bin minimum and maximum of the channel mean: what the page draws as a waveform."""
-    mono = audio.mean(axis=1, dtype=np.float64)
-    per_bin = -(-len(mono) // bins)
-    table = np.pad(mono, (0, per_bin * bins - len(mono))).reshape(bins, per_bin)
-    return {"min": np.round(table.min(axis=1), 4).tolist(), "max": np.round(table.max(axis=1), 4).tolist()}
-
-
 class WorkQueue:
     """Model work, REST requests and page songs alike: at most ``running`` at once (``slots``)
     and at most ``waiting`` more admitted to wait. Beyond that a request is answered 429 at
@@ -223,6 +159,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
     live = LiveSessions(repository, live_limits)
     limits = UploadLimits(max_song_seconds)
     jobs = JobStore(max_jobs)
+    runner = JobRunner(repository, work.slots, limits)
 
     async def rest_api(request: Request) -> Response:
         path, method = request.url.path, request.method
@@ -261,53 +198,13 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
                 if not isinstance(upload, UploadFile) or not upload.filename:
                     raise RestError(400, "send the song as the multipart form field 'file'")
                 job = jobs.add(Path(upload.filename).name[:200])
-                # Our own name, without the upload's suffix: the content alone says what it is.
-                path = job.folder / "upload"
-                with path.open("wb") as file:
+                with job.upload.open("wb") as file:
                     await run_in_threadpool(shutil.copyfileobj, upload.file, file)
-            job.task = asyncio.create_task(run_job(job, path, release))
+            runner.start(job, release)
         except BaseException:
             release()
             raise
         return JSONResponse(job.json(), status_code=202)
-
-    async def run_job(job: Job, path: Path, release) -> None:
-        from runtime.chunking import separate_song  # imports Keras and the models: only once a song is sent
-
-        try:
-            job.state = "waiting"
-            async with work.slots:
-                job.state = "decoding"
-                audio, rate = await run_in_threadpool(decode_upload, path, job.filename, limits)
-                version = repository.get(repository.name)
-                separator = await run_in_threadpool(version.separator)
-                job.facts = {"sample_rate": rate, "channels": audio.shape[1], "seconds": len(audio) / rate,
-                             "version": version.number}
-                model_samples = len(audio) * separator.sample_rate / rate
-                done = 0
-
-                def progress(samples: int) -> None:
-                    nonlocal done
-                    done += samples
-                    job.progress = min(1.0, done / model_samples)
-
-                job.state = "separating"
-                # 10 s chunks rather than separate.py's 30: the page's progress bar moves more often.
-                estimates = await run_in_threadpool(separate_song, separator, audio, rate, chunk_seconds=10,
-                                                    progress=progress)
-            del audio
-            for source, estimate in estimates.items():  # file writing: no model slot needed
-                await run_in_threadpool(write_wav, job.folder / f"{source}.wav", estimate, rate)
-                job.peaks[source] = envelope(estimate)
-            job.state, job.progress = "done", 1.0
-        except (AudioError, RestError) as error:
-            job.state, job.error = "error", str(error)
-        except Exception:  # a page job must end with a state the page can show
-            log.exception("job %s (%s) failed", job.id, job.filename)
-            job.state, job.error = "error", "separation failed; the server log has the details"
-        finally:
-            path.unlink(missing_ok=True)
-            release()
 
     async def job_status(request: Request) -> Response:
         return JSONResponse(jobs.get(request.path_params["job_id"]).json())
