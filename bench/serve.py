@@ -61,6 +61,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from data_pipeline.audio import AudioError  # noqa: E402
 from runtime.export import export_run  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL  # noqa: E402
 from runtime.model_facts import ModelFacts  # noqa: E402
@@ -228,9 +229,9 @@ def good_answer(response: httpx.Response, rate: int, frames: int) -> bool:
         [prediction] = response.json()["predictions"]
         for name in ("vocals_bytes", "accompaniment_bytes"):
             header = wav_header(base64.b64decode(prediction[name]["b64"]))
-            if header is None or header[0] != rate or round(header[1] * rate) != frames:
+            if header is None or header.sample_rate != rate or header.frames != frames:
                 return False
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AudioError):
         return False
     return True
 
@@ -268,8 +269,11 @@ async def page_upload(client: httpx.AsyncClient, url: str, category: str, kind: 
         result = await client.get(f"{url}/api/jobs/{job_id}/vocals.wav")
         status = f"202 -> {job['state']}, vocals.wav {result.status_code}"
         if category == "good upload":
-            header = wav_header(result.content) if result.status_code == 200 else None
-            ok = job["state"] == "done" and header is not None and round(header[1] * header[0]) == frames
+            try:
+                header = wav_header(result.content) if result.status_code == 200 else None
+            except AudioError:
+                header = None
+            ok = job["state"] == "done" and header is not None and header.frames == frames
         else:
             ok = job["state"] == "error" and job["results"] == {} and 400 <= result.status_code < 500
         return Outcome(category, kind, status, seconds, ok)

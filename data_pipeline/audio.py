@@ -71,43 +71,61 @@ def audio_info(path) -> AudioInfo:
 
 
 @dataclass(frozen=True)
-class WavLayout:
-    """What a RIFF file's chunk headers say, read without its samples."""
+class WavChunk:
+    id: bytes
+    start: int  # where its body begins in the file
+    size: int  # what its header announces
 
-    sample_rate: int | None  # from a fmt chunk before the data chunk (None without one)
-    byte_rate: int | None
-    data_bytes: int  # what the data chunk's header announces
-    data_present: int  # what the file holds after that header
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
+class WavLayout:
+    """What a RIFF/WAVE file's headers say, read without its samples."""
+
+    riff_size: int  # what the RIFF header announces
+    file_bytes: int
+    chunks: tuple[WavChunk, ...]  # in file order, each after the previous one's body and pad byte
+    fmt: bytes | None  # the first 16 bytes of the first fmt chunk's body
+
+    def first(self, chunk_id: bytes) -> WavChunk | None:
+        return next((chunk for chunk in self.chunks if chunk.id == chunk_id), None)
+
+
+# Bounds the walk over a hostile file of tiny chunks; real WAVs have a handful.
+MAX_WAV_CHUNKS = 64
 
 
 def wav_layout(file) -> WavLayout | None:
-    """The layout of a RIFF file (a seekable binary file object), or None when it is not
-    RIFF or has no data chunk. libsndfile silently shortens a cut-off WAV to what is there,
-    and a header's length can be a lie: comparing ``data_bytes`` with ``data_present`` finds both."""
-    end = file.seek(0, os.SEEK_END)
+    """The layout of a RIFF/WAVE file (a seekable binary file object), or None when it is not
+    one. Chunks are walked by their headers as the RIFF spec lays them out (odd sizes padded),
+    up to ``MAX_WAV_CHUNKS``. libsndfile silently shortens a cut-off WAV to what is there, and
+    a header's length can be a lie: comparing a chunk's ``end`` with ``file_bytes`` finds both."""
+    file_bytes = file.seek(0, os.SEEK_END)
     file.seek(0)
-    if file.read(4) != b"RIFF":
+    header = file.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
         return None
-    file.seek(12)
-    sample_rate = byte_rate = None
-    while len(header := file.read(8)) == 8:
-        chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
-        if chunk_id == b"data":
-            return WavLayout(sample_rate, byte_rate, size, end - file.tell())
-        body = file.read(16) if chunk_id == b"fmt " and size >= 16 else b""
-        if len(body) == 16:
-            sample_rate, byte_rate = int.from_bytes(body[4:8], "little"), int.from_bytes(body[8:12], "little")
-        file.seek(size + (size & 1) - len(body), os.SEEK_CUR)
-    return None
+    chunks, fmt = [], None
+    while len(chunks) < MAX_WAV_CHUNKS and len(chunk_header := file.read(8)) == 8:
+        chunk = WavChunk(chunk_header[:4], file.tell(), int.from_bytes(chunk_header[4:], "little"))
+        if chunk.id == b"fmt " and fmt is None:
+            fmt = file.read(min(chunk.size, 16))
+        chunks.append(chunk)
+        file.seek(chunk.end + (chunk.size & 1))
+    return WavLayout(int.from_bytes(header[4:8], "little"), file_bytes, tuple(chunks), fmt)
 
 
 def _check_not_truncated_wav(path: Path) -> None:
     with open(path, "rb") as file:
         layout = wav_layout(file)
+    data = layout.first(b"data") if layout is not None else None
     # 0xFFFFFFFF marks a streamed WAV whose length was never filled in.
-    if layout is not None and layout.data_bytes != 0xFFFFFFFF and layout.data_bytes > layout.data_present:
-        raise AudioError(path, f"truncated: header announces {layout.data_bytes} data bytes, "
-                               f"file holds {layout.data_present}")
+    if data is not None and data.size != 0xFFFFFFFF and data.end > layout.file_bytes:
+        raise AudioError(path, f"truncated: header announces {data.size} data bytes, "
+                               f"file holds {layout.file_bytes - data.start}")
 
 
 def open_audio(path) -> AudioInfo:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,11 @@ class UploadLimits:
                                    f"this server separates songs of at most {self.describe()}")
 
 
+def check_channels(name: str, channels: int) -> None:
+    if channels > MAX_CHANNELS:
+        raise AudioError(name, f"has {channels} channels; only mono and stereo are supported")
+
+
 def decode_upload(path: Path, name: str, limits: UploadLimits) -> tuple[np.ndarray, int]:
     """An uploaded file as float32 ``[time, 1 or 2]`` at its own rate (at most 48 kHz through
     ffmpeg), or an ``AudioError`` naming ``name`` (the uploader's file name)."""
@@ -75,8 +82,7 @@ def decode_upload(path: Path, name: str, limits: UploadLimits) -> tuple[np.ndarr
 def _decode_with_soundfile(path: Path, name: str, limits: UploadLimits, info) -> tuple[np.ndarray, int]:
     if info.frames <= 0:
         raise AudioError(name, "contains no audio samples")
-    if info.channels > MAX_CHANNELS:
-        raise AudioError(name, f"has {info.channels} channels; only mono and stereo are supported")
+    check_channels(name, info.channels)
     limits.check_header(name, info.frames / info.samplerate, info.samplerate, info.channels)
     header = AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
     blocks, frames = [], 0
@@ -174,19 +180,68 @@ def _seconds(text) -> float | None:
     return value if np.isfinite(value) and value >= 0 else None
 
 
-def wav_header(data: bytes) -> tuple[int, float] | None:
-    """``(sample rate, seconds)`` as a RIFF/WAVE file's header announces them (the data
-    chunk's size, or the bytes after it when the file is shorter), or None when ``data``
-    is not a WAV with fmt and data chunks (the decoder then says what is wrong)."""
-    layout = wav_layout(io.BytesIO(data)) if data[8:12] == b"WAVE" else None
-    if layout is None or layout.sample_rate is None:
+@dataclass(frozen=True)
+class WavHeader:
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+CANONICAL_WAV = ("separate_audio reads 16-bit PCM WAVs made of a 16- or 18-byte 'fmt ' chunk and then one "
+                 "'data' chunk that ends the file (soundfile writes them, and ffmpeg with -bitexact)")
+
+
+def wav_header(data: bytes, name: str = "the WAV") -> WavHeader | None:
+    """What WAV bytes hold, from their headers, as the graph's decoder (``tf.audio.decode_wav``)
+    and libsndfile both read them; None when ``data`` is not RIFF/WAVE at all (the decoder refuses
+    it with its own message). Beyond a canonical WAV the readers part ways (chunks before the
+    format, several format or data chunks, odd sizes and pad bytes, a data chunk longer or shorter
+    than the file), so anything else is refused with an ``AudioError`` naming what is wrong
+    (tests/test_wav_parity.py holds the readers to this)."""
+    layout = wav_layout(io.BytesIO(data))
+    if layout is None:
         return None
-    present = min(layout.data_bytes, layout.data_present)
-    return layout.sample_rate, present / layout.byte_rate if layout.byte_rate else float("inf")
+    ids = [chunk.id for chunk in layout.chunks]
+    if ids != [b"fmt ", b"data"]:
+        names = ", ".join(repr(chunk_id.decode("latin-1")) for chunk_id in ids) or "none"
+        raise AudioError(name, f"its chunks are {names}; {CANONICAL_WAV}")
+    fmt, samples = layout.chunks
+    # The format first: an extensible or float WAV is better named as such than by its fmt size.
+    if fmt.size >= 16:
+        format_tag, channels, rate, byte_rate, frame_bytes, bits = struct.unpack("<HHIIHH", layout.fmt)
+        if format_tag != 1 or bits != 16:
+            raise AudioError(name, f"is not 16-bit PCM (format tag {format_tag:#06x}, {bits} bits); {CANONICAL_WAV}")
+    if fmt.size not in (16, 18):
+        raise AudioError(name, f"its 'fmt ' chunk is {fmt.size} bytes; {CANONICAL_WAV}")
+    if channels == 0 or rate == 0:
+        raise AudioError(name, f"its 'fmt ' chunk says {channels} channels at {rate} Hz")
+    if frame_bytes != 2 * channels or byte_rate != rate * frame_bytes:
+        raise AudioError(name, f"its 'fmt ' chunk says {frame_bytes} bytes per frame and {byte_rate} per second; "
+                               f"{channels} x 16 bits at {rate} Hz make {2 * channels} and {2 * channels * rate}")
+    if samples.end != layout.file_bytes:
+        raise AudioError(name, f"its 'data' chunk announces {samples.size} bytes and "
+                               f"{layout.file_bytes - samples.start} follow its header; {CANONICAL_WAV}")
+    if samples.size % frame_bytes:
+        raise AudioError(name, f"its 'data' chunk of {samples.size} bytes is not a whole number of "
+                               f"{frame_bytes}-byte frames")
+    if layout.riff_size != layout.file_bytes - 8:
+        raise AudioError(name, f"its RIFF header announces {layout.riff_size} bytes and {layout.file_bytes - 8} "
+                               f"follow it")
+    # libsndfile refuses PCM data that starts like a WavPack or Ogg stream.
+    if data[samples.start:samples.start + 4] in (b"wvpk", b"OggS"):
+        raise AudioError(name, "its samples start like a WavPack or Ogg stream")
+    return WavHeader(rate, channels, samples.size // frame_bytes)
 
 
-def check_wav_bytes(data: bytes, name: str, limits: UploadLimits) -> None:
-    """WAV bytes of a request checked from their header, before the graph decodes them."""
-    header = wav_header(data)
+def check_wav_bytes(data: bytes, name: str, limits: UploadLimits) -> WavHeader | None:
+    """WAV bytes of a request checked from their header before the graph decodes them; returns
+    the header (None: not a WAV, which the graph's decoder refuses)."""
+    header = wav_header(data, name)
     if header is not None:
-        limits.check_header(name, header[1], header[0], 1)
+        check_channels(name, header.channels)
+        limits.check_header(name, header.seconds, header.sample_rate, header.channels)
+    return header

@@ -93,6 +93,17 @@ def test_bad_input_raises_audio_error_naming_file_and_reason(tmp_path, name, mak
     assert str(path) in str(caught.value) and reason in str(caught.value)
 
 
+def test_a_streamed_wav_whose_data_size_was_never_filled_in_loads_whole(tmp_path):
+    path = tmp_path / "streamed.wav"
+    sf.write(path, tone(), RATE, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    assert data[36:40] == b"data"
+    data[40:44] = b"\xff\xff\xff\xff"  # what a recorder writes before it knows the length
+    path.write_bytes(bytes(data))
+    audio, _ = load_audio(path)
+    np.testing.assert_allclose(audio, tone(), atol=2 ** -15)
+
+
 def test_folder_is_not_a_file(tmp_path):
     with pytest.raises(AudioError, match="not a regular file"):
         load_audio(tmp_path)
