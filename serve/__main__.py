@@ -42,6 +42,13 @@ def parse_args(argv=None):
     parser.add_argument("--model-name", required=True, help="the NAME in /v1/models/NAME")
     parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default (8501)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a name (or address) in the Host header that the server answers to besides --host and "
+                             "localhost, 127.0.0.1 and ::1: the names clients use with --host 0.0.0.0, or a proxy's; "
+                             "other hosts are refused with 400, against DNS rebinding (repeatable)")
+    parser.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a site (scheme://host[:port]) whose pages may call the server, besides its own page; "
+                             "requests and WebSockets from other pages are refused with 403 (repeatable)")
     parser.add_argument("--poll-seconds", type=positive(float), default=1.0,
                         help="how often the base path is checked for new or removed versions (default: 1)")
     parser.add_argument("--num-versions", type=positive(int), default=1,
@@ -91,7 +98,8 @@ def main(argv=None) -> int:
     repository = ModelRepository(args.model_name, base_path, args.num_versions, args.poll_seconds)
     live_limits = LiveLimits(args.max_live_sessions, args.live_burst_seconds, args.live_idle_seconds)
     app = create_app(repository, int(args.max_request_mb * 2 ** 20), args.max_concurrent, args.max_jobs,
-                     args.max_waiting, args.max_song_minutes * 60, live_limits)
+                     args.max_waiting, args.max_song_minutes * 60, live_limits,
+                     allowed_hosts=[args.host, *args.allowed_host], allowed_origins=args.allowed_origin)
     signal.signal(signal.SIGTERM, exit_cleanly)
     # Our AccessLog middleware logs each request with its latency: uvicorn's own access log is off.
     # WebSockets: the websockets library's sans-I/O protocol with a send timeout; no compression (PCM

@@ -11,7 +11,8 @@ further ones are answered 429 before their bodies are read. Request bodies over
 ``max_song_seconds`` with 400 before they are decoded (serve/upload.py). Every answer
 but success is TF Serving's ``{"error": "..."}``:
 4xx for the client's mistakes (Starlette's own refusals included), 500 for the server's.
-One line per request goes to the ``serve.access`` log.
+One line per request goes to the ``serve.access`` log. Requests for another host, and
+those of other sites' pages, are refused before anything else (serve/origins.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -38,6 +40,7 @@ from models.architecture import SOURCES
 from serve import rest
 from serve.jobs import JobRunner, JobStore
 from serve.live import LiveLimits, LiveSessions
+from serve.origins import OriginGuard
 from serve.repository import ModelRepository
 from serve.rest import RestError
 from serve.upload import UploadLimits, check_wav_bytes
@@ -154,7 +157,11 @@ def check_duration(version, inputs: dict, limits: UploadLimits) -> None:
 
 def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 20, max_concurrent: int = 2,
                max_jobs: int = 8, max_waiting: int = 16, max_song_seconds: float = 600.0,
-               live_limits: LiveLimits = LiveLimits()) -> Starlette:
+               live_limits: LiveLimits = LiveLimits(), allowed_hosts: Iterable[str] = (),
+               allowed_origins: Iterable[str] = ()) -> Starlette:
+    """``allowed_hosts``: the names the server answers to besides the loopback ones (the address
+    it listens on among them); ``allowed_origins``: pages that may call it besides its own
+    (serve/origins.py)."""
     work = WorkQueue(max_concurrent, max_waiting)
     live = LiveSessions(repository, live_limits)
     limits = UploadLimits(max_song_seconds)
@@ -239,6 +246,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
               Route("/", page), Route("/api/model", model), Route("/api/separate", separate, methods=["POST"]),
               Route("/api/jobs/{job_id}", job_status), Route("/api/jobs/{job_id}/{source}.wav", job_result),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    middleware = [Middleware(AccessLog), Middleware(BodyLimit, max_bytes=max_request_bytes)]
+    middleware = [Middleware(AccessLog), Middleware(OriginGuard, hosts=allowed_hosts, origins=allowed_origins),
+                  Middleware(BodyLimit, max_bytes=max_request_bytes)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                      exception_handlers={RestError: refused, HTTPException: http_error, Exception: internal_error})
