@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tqdm import tqdm  # noqa: E402
 
+from bench import records  # noqa: E402
 from data_pipeline.datasets import DATASETS, SPLITS, SyntheticOptions, get_tracks  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
@@ -51,7 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation-<name>-<dataset>-<split>.json in the current folder, <name> naming the export: "
                         "x-1 for export/x/1, x-1-onnx for export/x/1/model.onnx. An exported version folder is "
                         "never written to: a model server watches it)")
+    parser.add_argument("--record", metavar="NAME:ROW",
+                        help="also put the medians into row ROW of docs/results/NAME.json with this command line, "
+                             "the commit, the CPU and the date (python -m bench.records then renders the tables "
+                             "of the README and docs/ from it)")
     return parser
+
+
+def record_figures(report: dict) -> dict:
+    """The medians a results table shows, by name (``bench.records``)."""
+    median, gains = report["median"], report["median_sdr_gain_over_best_gain_baseline"]
+    figures = {"tracks": len(report["tracks"]), "dataset": report["dataset"], "split": report["split"],
+               "precision": report["precision"]}
+    for source in SOURCES:
+        figures.update({f"{source}_sdr": round(median["model"][source]["SDR"], 2),
+                        f"{source}_gain": round(gains[source], 2),
+                        f"{source}_baseline": round(median["best_gain_baseline"][source]["SDR"], 2),
+                        f"{source}_mixture": round(median["mixture"][source]["SDR"], 2)})
+    return figures
 
 
 def parse_args(argv=None):
@@ -60,6 +78,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.record is not None:
+        record, _, row = args.record.partition(":")
+        try:
+            records.load_record(record)
+        except records.RecordError as error:
+            print(f"error: --record {args.record}: {error}", file=sys.stderr)
+            return 2
+        if not row:
+            print(f"error: --record takes NAME:ROW, not {args.record!r}", file=sys.stderr)
+            return 2
     destination = Path(args.json) if args.json else default_json_path(args.model, args.dataset, args.split)
     # Checked before scoring, which can take long. The default destination's folder is the run
     # directory (which load_separator checks) or the current folder.
@@ -90,6 +118,9 @@ def main(argv=None) -> int:
             print(format_summary(source, report["median"], report["median_sdr_gain_over_best_gain_baseline"][source]))
     destination.write_text(json.dumps(report, indent=2))
     print(f"Scores written to {destination}")
+    if args.record is not None and per_track and not skipped:
+        how = records.measurement("evaluate.py", sys.argv[1:] if argv is None else list(argv))
+        print(f"Recorded in {records.record_row(record, row, record_figures(report), how)} (row {row})")
     if not per_track:
         print(f"error: none of the {len(tracks)} tracks could be read; nothing was scored", file=sys.stderr)
         return 2

@@ -59,6 +59,7 @@ import tensorflow as tf  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import WebSocketException  # noqa: E402
 
+from bench import records  # noqa: E402
 from bench.separate import BenchModel, save_random_run  # noqa: E402
 from bench.serve import start_server, stop_server  # noqa: E402
 from data_pipeline.audio import load_audio  # noqa: E402
@@ -362,12 +363,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws-seconds", type=positive_seconds, default=10.0,
                         help="audio sent per row through the WebSocket: wall time (default: 10)")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--record", metavar="NAME",
+                        help="also put each row into docs/results/NAME.json (row MODEL-RATE-BLOCKms) with this "
+                             "command line, the commit, the CPU and the date (python -m bench.records renders "
+                             "the tables of the README and docs/ from it)")
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.record is not None:
+        try:
+            records.load_record(args.record)
+        except records.RecordError as error:
+            parser.error(f"--record {args.record}: {error}")
     shortest = min(args.seconds, args.ws_seconds if args.websocket else args.seconds)
     if shortest * 1000 < (WARMUP_BLOCKS + 1) * max(args.blocks_ms):
         parser.error(f"--seconds (and --ws-seconds) must hold {WARMUP_BLOCKS} warm-up blocks and a timed one "
@@ -416,6 +426,11 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "rows": [dataclasses.asdict(r) for r in rows]},
                                         indent=1))
+    if args.record and not failures:
+        how = records.measurement("bench/stream.py", sys.argv[1:] if argv is None else list(argv))
+        for row in rows:
+            records.record_row(args.record, f"{row.model}-{row.rate}-{row.block_ms:g}ms", dataclasses.asdict(row), how)
+        print(f"Recorded {len(rows)} rows in docs/results/{args.record}.json")
     return 1 if failures else 0
 
 

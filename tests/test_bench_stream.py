@@ -51,11 +51,21 @@ def test_a_row_is_the_arithmetic_of_its_measured_times(separator):
     assert row.vs_offline == pytest.approx(row.compute_mean / 0.25)
 
 
-def test_a_run_on_a_tiny_model_prints_and_writes_consistent_rows(tmp_path, capsys):
+def test_a_run_on_a_tiny_model_prints_writes_and_records_consistent_rows(tmp_path, capsys, monkeypatch):
+    from bench import records
+
+    monkeypatch.setattr(records, "RESULTS", tmp_path)
+    (tmp_path / "live.json").write_text(json.dumps({"rows": [], "columns": [
+        {"header": "block", "cell": "{block_ms:g} ms"}, {"header": "latency", "cell": "{latency_ms:.1f} ms"}]}))
     run_dir = make_run_dir(tmp_path / "tiny")
     assert bench.main(["--model", str(run_dir), "--seconds", "2", "--blocks-ms", "50", "100",
-                       "--json", str(tmp_path / "rows.json")]) == 0
+                       "--json", str(tmp_path / "rows.json"), "--record", "live"]) == 0
     written = json.loads((tmp_path / "rows.json").read_text())
+    recorded = json.loads((tmp_path / "live.json").read_text())["rows"]
+    assert [row["key"] for row in recorded] == [f"tiny-{RATE}-50ms", f"tiny-{RATE}-100ms"]
+    assert [row["figures"] for row in recorded] == written["rows"]
+    assert recorded[0]["measured"]["command"].startswith("python bench/stream.py --model ")
+    assert records.render_table("live", tmp_path)[2] == f"| 50 ms | {written['rows'][0]['latency_ms']:.1f} ms |"
     assert written["cpu"] == this_cpu().describe()
     rows = [Row(**row) for row in written["rows"]]
     assert [(row.model, row.rate, row.block_ms, row.block_size) for row in rows] == [

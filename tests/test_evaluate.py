@@ -234,3 +234,26 @@ def test_a_json_destination_in_no_folder_is_refused_before_scoring(tmp_path, cap
     destination = tmp_path / "missing" / "scores.json"
     assert evaluate.main(["--model", str(tmp_path), "--json", str(destination)]) == 2
     assert f"cannot write the scores to {destination}" in capsys.readouterr().err
+
+
+def test_evaluate_records_the_medians_it_printed(tmp_path, monkeypatch):
+    from bench import records
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality.json").write_text(json.dumps({"columns": [{"header": "model", "cell": "{label}"}],
+                                                      "rows": [{"key": "ours", "label": "ours"}]}))
+    monkeypatch.setattr(records, "RESULTS", results)
+    rng = np.random.default_rng(1)
+    for name in ("one", "two"):
+        write_song(tmp_path / "data" / "test" / name, rng)
+    argv = ["--model", str(make_run_dir(tmp_path / "run")), "--dataset", "folder", "--data-root",
+            str(tmp_path / "data"), "--json", str(tmp_path / "scores.json"), "--record", "quality:ours"]
+    assert evaluate.main(argv) == 0
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    row = json.loads((results / "quality.json").read_text())["rows"][0]
+    assert row["figures"]["vocals_sdr"] == round(scores["median"]["model"]["vocals"]["SDR"], 2)
+    assert row["figures"]["accompaniment_gain"] == round(
+        scores["median_sdr_gain_over_best_gain_baseline"]["accompaniment"], 2)
+    assert row["figures"]["tracks"] == 2 and row["measured"]["command"].startswith("python evaluate.py --model ")
+    assert evaluate.main([*argv[:-1], "nosuchrecord:row"]) == 2
