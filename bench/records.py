@@ -124,12 +124,13 @@ def render_table(name: str, results: Path | None = None) -> list[str]:
         names = {**{k: v for k, v in row.items() if k not in ROW_FIELDS}, **row.get("figures", {})}
         cells = []
         for column in record["columns"]:
-            template = row.get("cells", {}).get(column["header"], column["cell"])  # a row may show a cell otherwise
+            # A row may show a cell otherwise; columns of the same header are told apart by a "key".
+            column_key = column.get("key", column["header"])
+            template = row.get("cells", {}).get(column_key, column["cell"])
             try:
                 cells.append(template.format(**names))
             except (KeyError, ValueError) as error:
-                raise RecordError(f"record {name}, row {row.get('key')!r}, column {column['header']!r}: "
-                                  f"{error!r}") from None
+                raise RecordError(f"record {name}, row {row.get('key')!r}, column {column_key!r}: {error!r}") from None
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
