@@ -80,6 +80,11 @@ class WavChunk:
     def end(self) -> int:
         return self.start + self.size
 
+    @property
+    def next_start(self) -> int:
+        """Where the chunk after it begins: RIFF pads an odd-sized body with one byte."""
+        return self.end + (self.size & 1)
+
 
 @dataclass(frozen=True)
 class WavLayout:
@@ -98,24 +103,34 @@ class WavLayout:
 MAX_WAV_CHUNKS = 64
 
 
+def riff_chunks(file, start: int, end: int) -> tuple[WavChunk, ...]:
+    """The chunks laid one after another from ``start`` in a seekable binary file (odd sizes
+    padded), as long as a whole chunk header lies before ``end`` (at most the file's length),
+    up to ``MAX_WAV_CHUNKS``: a RIFF file's chunks, or the entries of a LIST chunk."""
+    chunks, position = [], start
+    while len(chunks) < MAX_WAV_CHUNKS and position + 8 <= end:
+        file.seek(position)
+        header = file.read(8)
+        chunks.append(WavChunk(header[:4], position + 8, int.from_bytes(header[4:], "little")))
+        position = chunks[-1].next_start
+    return tuple(chunks)
+
+
 def wav_layout(file) -> WavLayout | None:
     """The layout of a RIFF/WAVE file (a seekable binary file object), or None when it is not
-    one. Chunks are walked by their headers as the RIFF spec lays them out (odd sizes padded),
-    up to ``MAX_WAV_CHUNKS``. libsndfile silently shortens a cut-off WAV to what is there, and
-    a header's length can be a lie: comparing a chunk's ``end`` with ``file_bytes`` finds both."""
+    one. libsndfile silently shortens a cut-off WAV to what is there, and a header's length
+    can be a lie: comparing a chunk's ``end`` with ``file_bytes`` finds both."""
     file_bytes = file.seek(0, os.SEEK_END)
     file.seek(0)
     header = file.read(12)
     if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
         return None
-    chunks, fmt = [], None
-    while len(chunks) < MAX_WAV_CHUNKS and len(chunk_header := file.read(8)) == 8:
-        chunk = WavChunk(chunk_header[:4], file.tell(), int.from_bytes(chunk_header[4:], "little"))
-        if chunk.id == b"fmt " and fmt is None:
-            fmt = file.read(min(chunk.size, 16))
-        chunks.append(chunk)
-        file.seek(chunk.end + (chunk.size & 1))
-    return WavLayout(int.from_bytes(header[4:8], "little"), file_bytes, tuple(chunks), fmt)
+    chunks = riff_chunks(file, 12, file_bytes)
+    fmt, fmt_body = next((chunk for chunk in chunks if chunk.id == b"fmt "), None), None
+    if fmt is not None:
+        file.seek(fmt.start)
+        fmt_body = file.read(min(fmt.size, 16))
+    return WavLayout(int.from_bytes(header[4:8], "little"), file_bytes, chunks, fmt_body)
 
 
 def _check_not_truncated_wav(path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import subprocess
 import tempfile
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from data_pipeline.audio import MAX_CHANNELS, AudioError, AudioInfo, read_blocks, validate_audio, wav_layout
+from data_pipeline.audio import (MAX_CHANNELS, MAX_WAV_CHUNKS, AudioError, AudioInfo, WavChunk, read_blocks,
+                                 riff_chunks, validate_audio, wav_layout)
 
 # ffmpeg demuxers that read the one file they are given: the formats of songs and of videos'
 # sound. Playlists (hls, dash), concat, image2, tee, lavfi and the like are not on it.
@@ -191,32 +193,72 @@ class WavHeader:
         return self.frames / self.sample_rate
 
 
-CANONICAL_WAV = ("separate_audio reads 16-bit PCM WAVs made of a 16- or 18-byte 'fmt ' chunk and then one "
-                 "'data' chunk that ends the file (soundfile writes them, and ffmpeg with -bitexact)")
+# What may stand between 'fmt ' and 'data'. tf.audio.decode_wav skips every chunk after 'fmt '
+# by the size it announces, without a pad byte. libsndfile 1.2 (wav.c, wavlike.c) skips ID3 tags
+# and padding (id3, JUNK, PAD, FLLR) by their size too, reads 'cue ' and 'smpl' field by field,
+# and walks a LIST's entries, taking one named 'data' for the samples: ``metadata_problem``
+# refuses whatever could make it go on reading anywhere but at the next chunk.
+METADATA_CHUNKS = (b"LIST", b"cue ", b"smpl", b"id3 ", b"ID3 ", b"JUNK", b"PAD ", b"FLLR")
+MAX_METADATA_CHUNKS = 8
+# libsndfile caches the headers it reads in at most 64 KiB and stops reading beyond.
+MAX_HEADER_BYTES = 32 * 1024
+# INFO entries (ISFT, INAM, IART, ...): libsndfile reads each by its size, and
+# 'INFO' itself as a marker without one.
+INFO_ENTRY = re.compile(rb"I[A-Z0-9]{3}")
+ACCEPTED_WAVS = ("separate_audio reads 16-bit PCM WAVs made of a 16- or 18-byte 'fmt ' chunk, at most "
+                 f"{MAX_METADATA_CHUNKS} metadata chunks (LIST/INFO, cue, smpl, id3, JUNK, PAD, FLLR) of even "
+                 "sizes and then one 'data' chunk that ends the file (as soundfile and ffmpeg write them)")
+
+
+def metadata_problem(chunk: WavChunk, file: io.BytesIO) -> str | None:
+    """Why libsndfile might not go on reading at the end of a metadata chunk, where
+    tf.audio.decode_wav reads the next chunk; None when it does."""
+    if chunk.size % 2:
+        return "is odd-sized: libsndfile skips a pad byte after it, tf.audio.decode_wav does not"
+    file.seek(chunk.start)
+    if chunk.id == b"cue ":  # the count, then 24 bytes a point
+        points = int.from_bytes(file.read(4), "little")
+        return None if chunk.size == 4 + 24 * points else f"does not hold the {points} cue points it counts"
+    if chunk.id == b"smpl":
+        return None if chunk.size >= 36 else "is shorter than a sampler header (36 bytes)"
+    if chunk.id != b"LIST":
+        return None
+    if chunk.size < 4 or file.read(4) != b"INFO":
+        return "is not a LIST of INFO entries"
+    entries = riff_chunks(file, chunk.start + 4, chunk.end)
+    strange = [entry.id for entry in entries if entry.id == b"INFO" or not INFO_ENTRY.fullmatch(entry.id)]
+    if strange:
+        return f"holds an entry named {strange[0].decode('latin-1')!r}, not an INFO text"
+    if (entries[-1].next_start if entries else chunk.start + 4) != chunk.end:
+        return f"is not filled exactly by at most {MAX_WAV_CHUNKS} entries"
+    return None
 
 
 def wav_header(data: bytes, name: str = "the WAV") -> WavHeader | None:
     """What WAV bytes hold, from their headers, as the graph's decoder (``tf.audio.decode_wav``)
     and libsndfile both read them; None when ``data`` is not RIFF/WAVE at all (the decoder refuses
-    it with its own message). Beyond a canonical WAV the readers part ways (chunks before the
-    format, several format or data chunks, odd sizes and pad bytes, a data chunk longer or shorter
-    than the file), so anything else is refused with an ``AudioError`` naming what is wrong
-    (tests/test_wav_parity.py holds the readers to this)."""
-    layout = wav_layout(io.BytesIO(data))
+    it with its own message). The readers part ways on chunks before the format, several format
+    or data chunks, odd sizes and pad bytes, metadata libsndfile parses on its own terms, a data
+    chunk longer or shorter than the file, so anything but ``ACCEPTED_WAVS`` is refused with an
+    ``AudioError`` naming what is wrong (tests/test_wav_parity.py holds the readers to this)."""
+    file = io.BytesIO(data)
+    layout = wav_layout(file)
     if layout is None:
         return None
     ids = [chunk.id for chunk in layout.chunks]
-    if ids != [b"fmt ", b"data"]:
+    metadata = layout.chunks[1:-1]
+    if (ids[:1] != [b"fmt "] or ids[-1:] != [b"data"] or len(metadata) > MAX_METADATA_CHUNKS
+            or any(chunk.id not in METADATA_CHUNKS for chunk in metadata)):
         names = ", ".join(repr(chunk_id.decode("latin-1")) for chunk_id in ids) or "none"
-        raise AudioError(name, f"its chunks are {names}; {CANONICAL_WAV}")
-    fmt, samples = layout.chunks
+        raise AudioError(name, f"its chunks are {names}; {ACCEPTED_WAVS}")
+    fmt, samples = layout.chunks[0], layout.chunks[-1]
     # The format first: an extensible or float WAV is better named as such than by its fmt size.
     if fmt.size >= 16:
         format_tag, channels, rate, byte_rate, frame_bytes, bits = struct.unpack("<HHIIHH", layout.fmt)
         if format_tag != 1 or bits != 16:
-            raise AudioError(name, f"is not 16-bit PCM (format tag {format_tag:#06x}, {bits} bits); {CANONICAL_WAV}")
+            raise AudioError(name, f"is not 16-bit PCM (format tag {format_tag:#06x}, {bits} bits); {ACCEPTED_WAVS}")
     if fmt.size not in (16, 18):
-        raise AudioError(name, f"its 'fmt ' chunk is {fmt.size} bytes; {CANONICAL_WAV}")
+        raise AudioError(name, f"its 'fmt ' chunk is {fmt.size} bytes; {ACCEPTED_WAVS}")
     if channels == 0 or rate == 0:
         raise AudioError(name, f"its 'fmt ' chunk says {channels} channels at {rate} Hz")
     if frame_bytes != 2 * channels or byte_rate != rate * frame_bytes:
@@ -224,13 +266,19 @@ def wav_header(data: bytes, name: str = "the WAV") -> WavHeader | None:
                                f"{channels} x 16 bits at {rate} Hz make {2 * channels} and {2 * channels * rate}")
     if samples.end != layout.file_bytes:
         raise AudioError(name, f"its 'data' chunk announces {samples.size} bytes and "
-                               f"{layout.file_bytes - samples.start} follow its header; {CANONICAL_WAV}")
+                               f"{layout.file_bytes - samples.start} follow its header; {ACCEPTED_WAVS}")
     if samples.size % frame_bytes:
         raise AudioError(name, f"its 'data' chunk of {samples.size} bytes is not a whole number of "
                                f"{frame_bytes}-byte frames")
     if layout.riff_size != layout.file_bytes - 8:
         raise AudioError(name, f"its RIFF header announces {layout.riff_size} bytes and {layout.file_bytes - 8} "
                                f"follow it")
+    if samples.start > MAX_HEADER_BYTES:
+        raise AudioError(name, f"its headers take {samples.start} bytes before the samples; at most "
+                               f"{MAX_HEADER_BYTES} are read")
+    for chunk in metadata:
+        if problem := metadata_problem(chunk, file):
+            raise AudioError(name, f"its {chunk.id.decode('latin-1')!r} chunk {problem}")
     # libsndfile refuses PCM data that starts like a WavPack or Ogg stream.
     if data[samples.start:samples.start + 4] in (b"wvpk", b"OggS"):
         raise AudioError(name, "its samples start like a WavPack or Ogg stream")
