@@ -359,7 +359,8 @@ def run_mixed(base: Path, folder: Path, rate: int, args) -> bool:
 
     waiting = args.concurrency + len(uploads)  # every client and every page job may wait at once: no 429
     flags = ["--max-request-mb", str(MIXED_MAX_REQUEST_MB), "--max-song-minutes", str(MIXED_MAX_SONG_MINUTES),
-             "--max-concurrent", "2", "--max-waiting", str(waiting), "--max-jobs", str(len(uploads))]
+             "--max-concurrent", "2", "--max-waiting", str(waiting), "--max-jobs", str(len(uploads)),
+             "--max-per-client", str(waiting)]  # every client is 127.0.0.1
     server, url = start_server(base, folder / "mixed-server.log", *flags)
     try:
         with httpx.Client(timeout=300) as client:  # one call first: the graph's first run optimises it
@@ -459,7 +460,8 @@ def main(argv=None) -> int:
         print(f"{os.cpu_count()} CPU cores; phases: {','.join(args.phases)}")
 
         if "latency" in args.phases or "load" in args.phases:
-            server, url = start_server(base, folder / "server.log")
+            # --concurrency clients at once, all from 127.0.0.1.
+            server, url = start_server(base, folder / "server.log", "--max-per-client", str(args.concurrency))
             try:
                 predict = f"{url}/v1/models/wavesep:predict"
                 if "latency" in args.phases:

@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import uvicorn  # noqa: E402
 
 from serve.app import create_app  # noqa: E402
+from serve.limits import HeaderDeadlineProtocol  # noqa: E402
 from serve.live import MAX_MESSAGE_BYTES, LiveLimits, LiveWebSocketProtocol, QuietWebSocketLines  # noqa: E402
 from serve.repository import ModelRepository  # noqa: E402
 
@@ -61,6 +62,16 @@ def parse_args(argv=None):
     parser.add_argument("--max-waiting", type=positive(int), default=16,
                         help="requests and page songs waiting for a model call; beyond them the server answers "
                              "429 at once, before reading the body (default: 16)")
+    parser.add_argument("--max-per-client", type=positive(int), default=4,
+                        help="requests and page songs running or waiting at once from one client address; beyond "
+                             "them its further ones are answered 429 at once (default: 4)")
+    parser.add_argument("--read-timeout", type=positive(float), default=10.0,
+                        help="a request's headers must arrive within this many seconds of the connection (or of the "
+                             "answer before), and its body within this plus a second per --min-body-rate; slower "
+                             "clients are answered 408 and disconnected (default: 10)")
+    parser.add_argument("--min-body-rate", type=positive(float), default=32, metavar="KB_PER_S",
+                        help="the slowest a request body may arrive on average, after --read-timeout, in kB/s "
+                             "(default: 32)")
     parser.add_argument("--max-song-minutes", type=positive(float), default=10,
                         help="longest song accepted, page uploads and separate_audio WAVs alike, checked from "
                              "the header and again while decoding (default: 10)")
@@ -69,6 +80,11 @@ def parse_args(argv=None):
     parser.add_argument("--max-live-sessions", type=positive(int), default=2,
                         help="live separations (WebSocket :stream) at once; further ones are closed at once with "
                              "code 1013, try again later (default: 2)")
+    parser.add_argument("--max-live-per-client", type=positive(int), default=1,
+                        help="live sessions at once from one client address; further ones are closed at once with "
+                             "code 1013 (default: 1)")
+    parser.add_argument("--live-max-seconds", type=positive(float), default=3600.0,
+                        help="how long a live session may last; it is then closed with 1008 (default: 3600)")
     parser.add_argument("--live-burst-seconds", type=positive(float), default=2.0,
                         help="how far a live client's audio may run ahead of the wall clock before it is closed "
                              "with 1008, sending faster than real time (default: 2)")
@@ -96,16 +112,21 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.error").addFilter(QuietWebSocketLines())
     repository = ModelRepository(args.model_name, base_path, args.num_versions, args.poll_seconds)
-    live_limits = LiveLimits(args.max_live_sessions, args.live_burst_seconds, args.live_idle_seconds)
+    live_limits = LiveLimits(args.max_live_sessions, args.live_burst_seconds, args.live_idle_seconds,
+                             args.max_live_per_client, args.live_max_seconds)
     app = create_app(repository, int(args.max_request_mb * 2 ** 20), args.max_concurrent, args.max_jobs,
                      args.max_waiting, args.max_song_minutes * 60, live_limits,
-                     allowed_hosts=[args.host, *args.allowed_host], allowed_origins=args.allowed_origin)
+                     allowed_hosts=[args.host, *args.allowed_host], allowed_origins=args.allowed_origin,
+                     read_timeout=args.read_timeout, min_body_rate=args.min_body_rate * 1024,
+                     max_per_client=args.max_per_client)
     signal.signal(signal.SIGTERM, exit_cleanly)
     # Our AccessLog middleware logs each request with its latency: uvicorn's own access log is off.
+    # HTTP: uvicorn's h11 protocol with a deadline for the request's headers (serve/limits.py).
     # WebSockets: the websockets library's sans-I/O protocol with a send timeout; no compression (PCM
     # hardly compresses, and inflating costs the server); messages up to a second of 192 kHz stereo.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=30,
-                log_config=None, ws=LiveWebSocketProtocol.with_send_timeout(args.live_send_timeout),
+                log_config=None, http=HeaderDeadlineProtocol.with_header_timeout(args.read_timeout),
+                ws=LiveWebSocketProtocol.with_send_timeout(args.live_send_timeout),
                 ws_max_size=MAX_MESSAGE_BYTES, ws_per_message_deflate=False)
     return 0
 

@@ -1,22 +1,24 @@
 """The HTTP side: TensorFlow Serving's REST API v1 under ``/v1/``, the web page at ``/``
-with its job API under ``/api/`` (the jobs themselves in serve/jobs.py), and live separation over a WebSocket at
-``/v1/models/NAME:stream`` (serve/live.py, with its own limits).
+with its job API under ``/api/`` (the jobs themselves in serve/jobs.py), and live
+separation over a WebSocket at ``/v1/models/NAME:stream`` (serve/live.py, with its own
+limits).
 
 Model calls run in worker threads, so the event loop keeps answering (status, progress,
 other uploads) while a model computes, and at most ``max_concurrent`` run at once,
 REST requests and page jobs alike (a page job's decoding included): the rest wait their
-turn instead of thrashing the cores or the memory, at most ``max_waiting`` of them;
-further ones are answered 429 before their bodies are read. Request bodies over
-``max_request_bytes`` are refused with 413 before they are read whole; songs over
-``max_song_seconds`` with 400 before they are decoded (serve/upload.py). Every answer
-but success is TF Serving's ``{"error": "..."}``:
+turn instead of thrashing the cores or the memory, at most ``max_waiting`` of them and
+``max_per_client`` from one address; further ones are answered 429 before their bodies
+are read (serve/limits.py). Request bodies over ``max_request_bytes`` are refused with
+413 before they are read whole, and bodies slower than ``read_timeout`` seconds plus one
+per ``min_body_rate`` bytes with 408; songs over ``max_song_seconds`` with 400 before
+they are decoded (serve/upload.py). Every answer but success is TF Serving's
+``{"error": "..."}``:
 4xx for the client's mistakes (Starlette's own refusals included), 500 for the server's.
 One line per request goes to the ``serve.access`` log. Requests for another host, and
 those of other sites' pages, are refused before anything else (serve/origins.py).
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -39,6 +41,7 @@ from data_pipeline.audio import AudioError
 from models.architecture import SOURCES
 from serve import rest
 from serve.jobs import JobRunner, JobStore
+from serve.limits import BodyLimit, WorkQueue, client_address
 from serve.live import LiveLimits, LiveSessions
 from serve.origins import OriginGuard
 from serve.repository import ModelRepository
@@ -77,60 +80,6 @@ class AccessLog:
                             (time.perf_counter() - started) * 1000)
 
 
-class BodyLimit:
-    """ASGI middleware: refuses bodies over ``max_bytes`` with 413 in TF Serving's JSON shape, by
-    their Content-Length before reading them, or once a chunked body passes the limit.
-    (Starlette's own ``max_body_size`` answers in plain text.)"""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        message = f"request body larger than the server's limit of {self.max_bytes / 2 ** 20:g} MB"
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await JSONResponse({"error": message}, 413)(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            event = await receive()
-            received += len(event.get("body", b""))
-            if received > self.max_bytes:
-                raise RestError(413, message)  # answered by the app's RestError handler
-            return event
-
-        await self.app(scope, limited_receive, send)
-
-
-class WorkQueue:
-    """Model work, REST requests and page songs alike: at most ``running`` at once (``slots``)
-    and at most ``waiting`` more admitted to wait. Beyond that a request is answered 429 at
-    once, before its body is read, so waiting work holds at most (running + waiting) bodies."""
-
-    def __init__(self, running: int, waiting: int):
-        self.slots = asyncio.Semaphore(running)
-        self.capacity = running + waiting
-        self.admitted = 0
-
-    def enter(self):
-        """Admits one piece of work, or raises 429; returns the function that lets it go (idempotent)."""
-        if self.admitted >= self.capacity:
-            raise RestError(429, f"the server is busy: {self.capacity} requests are running or waiting; "
-                                 f"try again shortly")
-        self.admitted += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.admitted -= 1
-        return release
-
-
 def run_predict(version, body: bytes, limits: UploadLimits) -> bytes:
     """A predict request from JSON body to JSON answer (in a worker thread)."""
     document = rest.parse_body(body)
@@ -158,11 +107,13 @@ def check_duration(version, inputs: dict, limits: UploadLimits) -> None:
 def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 20, max_concurrent: int = 2,
                max_jobs: int = 8, max_waiting: int = 16, max_song_seconds: float = 600.0,
                live_limits: LiveLimits = LiveLimits(), allowed_hosts: Iterable[str] = (),
-               allowed_origins: Iterable[str] = ()) -> Starlette:
+               allowed_origins: Iterable[str] = (), read_timeout: float = 10.0, min_body_rate: float = 32 * 1024,
+               max_per_client: int = 4) -> Starlette:
     """``allowed_hosts``: the names the server answers to besides the loopback ones (the address
     it listens on among them); ``allowed_origins``: pages that may call it besides its own
-    (serve/origins.py)."""
-    work = WorkQueue(max_concurrent, max_waiting)
+    (serve/origins.py). ``read_timeout``, ``min_body_rate`` (bytes/s) and ``max_per_client``:
+    serve/limits.py."""
+    work = WorkQueue(max_concurrent, max_waiting, max_per_client)
     live = LiveSessions(repository, live_limits)
     limits = UploadLimits(max_song_seconds)
     jobs = JobStore(max_jobs)
@@ -172,7 +123,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
         path, method = request.url.path, request.method
         if method == "POST" and (match := PREDICT_PATH.fullmatch(path)):
             version = repository.get(match[1], int(match[2]) if match[2] else None)
-            release = work.enter()
+            release = work.enter(client_address(request))
             try:
                 body = await request.body()
                 async with work.slots:
@@ -198,7 +149,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
         return JSONResponse({"name": repository.name, "version": version.number, "facts": facts})
 
     async def separate(request: Request) -> Response:
-        release = work.enter()  # before the upload is read
+        release = work.enter(client_address(request))  # before the upload is read
         try:
             async with request.form(max_files=1, max_fields=0) as form:
                 upload = form.get("file")
@@ -247,6 +198,7 @@ def create_app(repository: ModelRepository, max_request_bytes: int = 64 * 2 ** 2
               Route("/api/jobs/{job_id}", job_status), Route("/api/jobs/{job_id}/{source}.wav", job_result),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     middleware = [Middleware(AccessLog), Middleware(OriginGuard, hosts=allowed_hosts, origins=allowed_origins),
-                  Middleware(BodyLimit, max_bytes=max_request_bytes)]
+                  Middleware(BodyLimit, max_bytes=max_request_bytes, read_timeout=read_timeout,
+                             min_rate=min_body_rate)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                      exception_handlers={RestError: refused, HTTPException: http_error, Exception: internal_error})

@@ -10,7 +10,9 @@ the tail (the last ``delay_samples`` of each source) and a normal close.
 
 A session is bounded from outside in every direction:
 
-- at most ``max_sessions`` at once, counted from the connection (1013 beyond);
+- at most ``max_sessions`` at once, counted from the connection, and at most
+  ``max_per_client`` of them from one address (1013 beyond);
+- at most ``max_seconds`` long (1008);
 - a start message within ``idle_seconds``, then a frame at least every
   ``idle_seconds`` (1008);
 - audio no further ahead of the wall clock than ``burst_seconds``, counted from the
@@ -48,6 +50,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from models.architecture import SOURCES
 from runtime.pcm import PCM_FORMATS, PcmError, decode_pcm, encode_pcm, frame_bytes
 from runtime.streaming import MAX_BLOCK_SECONDS, StreamError, StreamSeparation
+from serve.limits import ClientQuota, client_address
 from serve.repository import ModelRepository
 from serve.rest import RestError
 from serve.upload import MAX_SAMPLE_RATE
@@ -76,6 +79,8 @@ class LiveLimits:
     max_sessions: int = 2
     burst_seconds: float = 2.0  # how far a client's audio may run ahead of the wall clock
     idle_seconds: float = 10.0  # for the start message, then between frames
+    max_per_client: int = 1  # sessions at once from one address
+    max_seconds: float = 3600.0  # a session's length, from its connection
 
 
 class Refusal(Exception):
@@ -143,11 +148,13 @@ def encode_sources(estimates: dict, audio_format: str) -> bytes:
 
 
 class LiveSessions:
-    """The WebSocket endpoint: admits at most ``limits.max_sessions`` sessions at once."""
+    """The WebSocket endpoint: admits at most ``limits.max_sessions`` sessions at once, at most
+    ``limits.max_per_client`` of them from one address."""
 
     def __init__(self, repository: ModelRepository, limits: LiveLimits):
         self.repository, self.limits = repository, limits
         self.active = 0
+        self.clients = ClientQuota(limits.max_per_client)
 
     async def serve(self, websocket: WebSocket) -> None:
         # Accepted before any refusal: a close code and reason reach the client only on an open socket.
@@ -156,11 +163,18 @@ class LiveSessions:
         if self.active >= self.limits.max_sessions:
             await session.close(1013, f"{self.active} live sessions are running, this server's limit; try again later")
             return
+        client = client_address(websocket)
+        client_place = self.clients.take(client)
+        if client_place is None:
+            await session.close(1013, f"{client} has {self.limits.max_per_client} live sessions, this server's limit "
+                                      f"per client; try again later")
+            return
         self.active += 1
         try:
             await session.run(self.repository)
         finally:
             self.active -= 1
+            client_place()
 
 
 class Session:
@@ -181,11 +195,15 @@ class Session:
     async def run(self, repository: ModelRepository) -> None:
         """The whole session; every way it ends is logged in one line with its close code."""
         try:
-            await self.open(repository)
-            await self.stream()
+            async with asyncio.timeout(self.limits.max_seconds):
+                await self.open(repository)
+                await self.stream()
             await self.close(1000, "")
         except Refusal as refusal:
             await self.close(refusal.code, refusal.reason)
+        except TimeoutError:  # the session's own deadline: receive() turns the idle ones into Refusals
+            await self.close(1008, f"a live session lasts at most {self.limits.max_seconds:g} s on this server; "
+                                   f"open another to go on")
         except WebSocketDisconnect as gone:  # the client closed or vanished; nothing more can be sent
             self.log(gone.code, gone.reason or DISCONNECTIONS.get(gone.code, "closed by the client"))
         except Exception:

@@ -1,7 +1,8 @@
 """The serve tests' shared pieces (test_serve.py, test_serve_hostile.py, test_serve_page.py,
-test_bench_serve.py): a tiny stand-in SavedModel with the exported signatures, ``python -m
-serve`` in a subprocess, request bodies, and the shipped model's export (the session
-fixtures ``shipped_export`` and ``shipped_model_server`` in conftest.py use it)."""
+test_bench_serve.py, test_serve_slow_clients.py): a tiny stand-in SavedModel with the
+exported signatures, ``python -m serve`` in a subprocess, request bodies, raw requests
+whose body waits, and the shipped model's export (the session fixtures
+``shipped_export`` and ``shipped_model_server`` in conftest.py use it)."""
 import base64
 import json
 import os
@@ -105,6 +106,28 @@ class Server:
     def post(self, path: str, body, **kwargs) -> httpx.Response:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         return httpx.post(f"{self.url}{path}", content=content, timeout=120, **kwargs)
+
+
+def open_request(url: str, length: int, source: str = "127.0.0.1") -> socket.socket:
+    """A predict request (to the model ``tiny``) from the address ``source`` whose headers are
+    sent and whose body of ``length`` bytes is not (yet)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=30, source_address=(source, 0))
+    connection.sendall(f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode())
+    return connection
+
+
+def read_response(connection: socket.socket) -> tuple[int, bytes]:
+    """(status, body) of the HTTP answer on ``connection``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += connection.recv(65536)
+    return int(head.split()[1]), body
 
 
 def b64(data: bytes) -> dict:

@@ -4,7 +4,6 @@ requests beyond the queue, broken or half-copied versions, and randomly mutated 
 Every server runs in a subprocess on 127.0.0.1."""
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from data_pipeline.audio import AudioError
 from serve import upload
 from serve.client import wav_bytes
-from tests.serve_helpers import MIX, Server, audio_request, b64, save_stand_in
+from tests.serve_helpers import MIX, Server, audio_request, b64, open_request, read_response, save_stand_in
 
 SECRET_SECONDS = 2.0
 FFMPEG = shutil.which("ffmpeg") is not None
@@ -211,26 +210,6 @@ def stand_in_server(tmp_path):
     server.stop()
 
 
-def open_request(url: str, length: int) -> socket.socket:
-    """A predict request whose headers are sent and whose body of ``length`` bytes is not (yet)."""
-    host, port = url.removeprefix("http://").split(":")
-    connection = socket.create_connection((host, int(port)), timeout=30)
-    connection.sendall(f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: {length}\r\n\r\n".encode())
-    return connection
-
-
-def read_response(connection: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += connection.recv(65536)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    while len(body) < length:
-        body += connection.recv(65536)
-    return int(head.split()[1]), body
-
-
 def test_requests_beyond_the_queue_get_429_at_once_without_their_body_being_read(stand_in_server):
     server, _ = stand_in_server
     body = json.dumps({"instances": MIX[:1].tolist()}).encode()
@@ -282,7 +261,7 @@ def test_versions_come_and_go_under_concurrent_load_without_a_failed_request(tmp
     base = tmp_path / "base"
     base.mkdir()
     save_stand_in(base, 1, 0.5)
-    server = Server(base, "tiny", tmp_path / "server.log", "--poll-seconds", "0.2")
+    server = Server(base, "tiny", tmp_path / "server.log", "--poll-seconds", "0.2", "--max-per-client", "8")
     server.wait_for({1})
     stop = time.monotonic() + 7
     body = {"instances": MIX[:1].tolist()}

@@ -26,7 +26,8 @@ def live_server(request, tmp_path_factory):
     base = tmp_path_factory.getbasetemp() / "export-wavesep"  # where the shipped_export fixture writes
     base.mkdir(exist_ok=True)
     server = Server(base, "wavesep", tmp_path_factory.mktemp("log") / "live.log",
-                    "--live-idle-seconds", str(IDLE_SECONDS), "--live-send-timeout", str(SEND_TIMEOUT))
+                    "--live-idle-seconds", str(IDLE_SECONDS), "--live-send-timeout", str(SEND_TIMEOUT),
+                    "--max-live-per-client", "2")  # every test's sessions come from 127.0.0.1
     try:
         request.getfixturevalue("shipped_export")
         server.wait_for({1})
