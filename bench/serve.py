@@ -5,10 +5,11 @@ measured in one run.
     python -m bench.serve                       # all three phases, the defaults below
     python -m bench.serve --phases mixed        # only the mixed-traffic phase
     python -m bench.serve --phases latency,load # the phases of earlier versions
+    python -m bench.serve --phases soak --json soak.json  # 20 minutes of steady good and hostile traffic
 
 Exports the shipped model (or --model) to a temporary folder, or serves an existing
 export with --model-base-path, and starts ``python -m serve`` on 127.0.0.1. --phases
-picks the phases, in this order (default: latency,load,mixed):
+picks the phases, in this order (default: latency,load,mixed; the soak only when named):
   1. latency: a 10 s stereo clip at the model's rate, one request at a time, through
      serving_default (JSON float lists in and out) and separate_audio (a 16-bit WAV as
      {"b64": ...} in and out), against the same SavedModel signatures called in this
@@ -32,17 +33,43 @@ picks the phases, in this order (default: latency,load,mixed):
      (VmHWM) before and after the phase. The server admits --concurrency + uploads
      requests to wait (--max-waiting) and keeps that many jobs, so no good request can
      be turned away with 429: one would count as a failure.
+  4. soak: --soak-minutes (20) of steady traffic against a server of its own (--max-waiting
+     32 --max-live-sessions 8: room for every client at once; only limits per client
+     address may refuse one). Good clients, from 127.0.0.1: a predict every 1.5 s
+     (serving_default as JSON and separate_audio as a b64 WAV in turn, of a 1 s stereo
+     clip), a page upload of that clip every 15 s followed to its end, and a 3 s live
+     session every 4 s (WebSocket, 20 ms blocks paced in real time, then {"end": true}).
+     Page and WebSocket clients send the server's own Origin, as its page does. A hostile
+     client every --hostile-seconds (10), the kinds in turn, each from its own address
+     (127.0.0.2, 127.0.0.3, ...): slow headers, a slow predict body and a slow page upload
+     (a byte a second for --slow-seconds unless the server stops them first), a WAV whose
+     header claims 13.5 h, a fuzzed WAV (random bytes of a good one changed, seeded by
+     --seed), hours of silence in a FLAC and an OGG of a few hundred kB uploaded through the
+     page, and a burst of 5 predicts and 5 live sessions at once. Every --sample-seconds
+     (60), and once the traffic has ended, the server's RSS, open files (/proc/PID/fd),
+     threads and the files in its TMPDIR (a folder of the bench's: its uploads and page
+     jobs) are read. Printed, and with --json written: status codes and p50/p99 per kind,
+     the live blocks' round trip, the samples with each one's least-squares slope per hour,
+     the temp files once the traffic has ended (only kept page jobs' results may be there)
+     and after the server stopped (nothing may be), and the ERROR lines of its log.
 
 Exits 1 if a load request fails, a good mixed request is not answered 200 with both
 sources at its length, a good upload does not end done with its results, or a bad
-request (or hostile upload's result) is answered anything but a 4xx.
+request (or hostile upload's result) is answered anything but a 4xx; in the soak, if a
+good request, upload or live session fails, a hostile client is not refused (a 4xx, its
+connection closed, a WebSocket closed with any code but 1011; a fuzzed WAV may also be
+separated, a burst's requests served), a temp file is left, or the server logs an error
+or exits.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
 import io
+import itertools
 import json
 import os
 import socket
@@ -60,8 +87,11 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException  # noqa: E402
 
 from data_pipeline.audio import AudioError  # noqa: E402
+from runtime.cpu import this_cpu  # noqa: E402
 from runtime.export import export_run  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL  # noqa: E402
 from runtime.model_facts import ModelFacts  # noqa: E402
@@ -69,12 +99,16 @@ from serve.client import wav_bytes  # noqa: E402
 from serve.upload import wav_header  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-PHASES = ("latency", "load", "mixed")
+PHASES = ("latency", "load", "mixed", "soak")
+DEFAULT_PHASES = PHASES[:3]
 # The mixed phase's server limits: small, so that refusing a body over them is cheap to provoke.
 MIXED_MAX_REQUEST_MB, MIXED_MAX_SONG_MINUTES = 2, 1
 MALFORMED_SHARE, TOO_BIG_SHARE = 0.10, 0.05
 OVER_LONG_RATE = 100  # Hz: 1.5 times the song limit fits in 18 kB
 HOSTILE_FLAC_MINUTES = 10  # silent: 100 kB, 106 MB if it were decoded to float32
+MIXED_CATEGORIES = ("good", "malformed", "too big", "good upload", "hostile upload")
+# How httpx reports a connection that the server closed without an answer: a refusal, for a hostile client.
+SERVER_CLOSED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def clip(seconds: float, rate: int) -> np.ndarray:
@@ -84,14 +118,17 @@ def clip(seconds: float, rate: int) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 220 * t)[:, None] + 0.05 * noise).astype(np.float32)
 
 
-def start_server(base: Path, log_path: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+def start_server(base: Path, log_path: Path, *flags: str, tmpdir: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``python -m serve`` of ``base`` on a free port of 127.0.0.1, once its model is available; with
+    ``tmpdir``, that is its TMPDIR (where it keeps uploads and page jobs)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "serve", "--model-base-path", str(base), "--model-name",
                                     "wavesep", "--port", str(port), *flags], cwd=REPOSITORY, stdout=log,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT,
+                                   env=None if tmpdir is None else {**os.environ, "TMPDIR": str(tmpdir)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -236,6 +273,26 @@ def good_answer(response: httpx.Response, rate: int, frames: int) -> bool:
     return True
 
 
+def refused(response: httpx.Response) -> bool:
+    return 400 <= response.status_code < 500
+
+
+async def post_predict(client: httpx.AsyncClient, url: str, category: str, kind: str, body: bytes,
+                       accept) -> Outcome:
+    """One predict request; ``accept(response)`` says whether its answer is the one expected. A
+    hostile client's connection closed by the server counts as refused."""
+    started = time.perf_counter()
+    try:
+        response = await client.post(f"{url}/v1/models/wavesep:predict", content=body,
+                                     headers={"Content-Type": "application/json"})
+        ok = accept(response)
+        status = str(response.status_code) + (" (wrong answer)" if response.status_code == 200 and not ok else "")
+    except httpx.HTTPError as error:
+        status = f"transport error: {type(error).__name__}"
+        ok = category.startswith("hostile") and isinstance(error, SERVER_CLOSED)
+    return Outcome(category, kind, status, time.perf_counter() - started, ok)
+
+
 def hostile_uploads(local_file: Path) -> list[tuple[str, str, bytes]]:
     """(kind, file name, content) of uploads the page must refuse."""
     playlist = (f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\nfile://{local_file}\n#EXT-X-ENDLIST\n").encode()
@@ -286,7 +343,6 @@ async def mixed_traffic(url: str, requests: list[Request], uploads: list[tuple[s
                         concurrency: int, rate: int, frames: int) -> tuple[list[Outcome], float]:
     """``requests`` from ``concurrency`` clients, and ``uploads`` (category, kind, name, content)
     started at even steps of the requests' progress: the outcomes, and the requests' wall seconds."""
-    predict = f"{url}/v1/models/wavesep:predict"
     pending = iter(requests)
     outcomes: list[Outcome] = []
     answered = 0
@@ -294,18 +350,8 @@ async def mixed_traffic(url: str, requests: list[Request], uploads: list[tuple[s
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal answered
         for request in pending:  # one shared iterator: each client takes the next request
-            started = time.perf_counter()
-            try:
-                response = await client.post(predict, content=request.body,
-                                             headers={"Content-Type": "application/json"})
-                status = str(response.status_code)
-                ok = (good_answer(response, rate, frames) if request.category == "good"
-                      else 400 <= response.status_code < 500)
-                if request.category == "good" and response.status_code == 200 and not ok:
-                    status = "200 (wrong answer)"
-            except httpx.HTTPError as error:
-                status, ok = f"transport error: {type(error).__name__}", False
-            outcomes.append(Outcome(request.category, request.kind, status, time.perf_counter() - started, ok))
+            accept = (lambda response: good_answer(response, rate, frames)) if request.category == "good" else refused
+            outcomes.append(await post_predict(client, url, request.category, request.kind, request.body, accept))
             answered += 1
 
     async def upload_at(threshold: int, client: httpx.AsyncClient, upload) -> Outcome:
@@ -324,27 +370,38 @@ async def mixed_traffic(url: str, requests: list[Request], uploads: list[tuple[s
     return outcomes, wall
 
 
-def mixed_table(outcomes: list[Outcome]) -> list[str]:
-    """One line per category and kind: count, answers by status, p50/p99, and "FAILED" where an
-    answer was not the one expected."""
-    lines = [f"  {'category':<15} {'kind':<38} {'n':>4}   {'p50 ms':>8} {'p99 ms':>8}   answers (status: count)"]
+def kind_figures(outcomes: list[Outcome], categories: tuple[str, ...]) -> list[dict]:
+    """Per category (in the order given) and kind, and for all of a category with several kinds:
+    count, p50/p99 ms, answers by status, and how many were not the answer expected."""
     kinds = list(dict.fromkeys((o.category, o.kind) for o in outcomes))
-    for category in ("good", "malformed", "too big", "good upload", "hostile upload"):
+    figures = []
+    for category in categories:
         of_category = [k for c, k in kinds if c == category]
         for kind in of_category + (["(all)"] if len(of_category) > 1 else []):
             rows = [o for o in outcomes if o.category == category and kind in (o.kind, "(all)")]
             times = np.array([o.seconds for o in rows]) * 1000
-            statuses = ", ".join(f"{status}: {n}" for status, n in sorted(Counter(o.status for o in rows).items()))
-            failed = sum(not o.ok for o in rows)
-            lines.append(f"  {category:<15} {kind:<38} {len(rows):>4}   {np.percentile(times, 50):8.0f} "
-                         f"{np.percentile(times, 99):8.0f}   {statuses}" + (f"   FAILED {failed}" if failed else ""))
+            figures.append({"category": category, "kind": kind, "n": len(rows),
+                            "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+                            "statuses": dict(sorted(Counter(o.status for o in rows).items())),
+                            "failed": sum(not o.ok for o in rows)})
+    return figures
+
+
+def mixed_table(outcomes: list[Outcome], categories: tuple[str, ...] = MIXED_CATEGORIES) -> list[str]:
+    """One line per category and kind: count, answers by status, p50/p99, and "FAILED" where an
+    answer was not the one expected."""
+    lines = [f"  {'category':<15} {'kind':<38} {'n':>4}   {'p50 ms':>8} {'p99 ms':>8}   answers (status: count)"]
+    for row in kind_figures(outcomes, categories):
+        statuses = ", ".join(f"{status}: {n}" for status, n in row["statuses"].items())
+        lines.append(f"  {row['category']:<15} {row['kind']:<38} {row['n']:>4}   {row['p50_ms']:8.0f} "
+                     f"{row['p99_ms']:8.0f}   {statuses}" + (f"   FAILED {row['failed']}" if row["failed"] else ""))
     return lines
 
 
 def verdict(outcomes: list[Outcome]) -> tuple[int, int]:
-    """Good requests and uploads that failed; bad ones (hostile uploads included) not answered 4xx."""
-    return (sum(not o.ok for o in outcomes if o.category in ("good", "good upload")),
-            sum(not o.ok for o in outcomes if o.category in ("malformed", "too big", "hostile upload")))
+    """Good requests, uploads and live sessions that failed; bad or hostile ones not refused."""
+    return (sum(not o.ok for o in outcomes if o.category.startswith("good")),
+            sum(not o.ok for o in outcomes if not o.category.startswith("good")))
 
 
 def run_mixed(base: Path, folder: Path, rate: int, args) -> bool:
@@ -395,6 +452,419 @@ def run_mixed(base: Path, folder: Path, rate: int, args) -> bool:
     return good_failures == 0 and bad_not_4xx == 0 and alive
 
 
+# --- the soak phase ---------------------------------------------------------------------------
+
+GOOD_ADDRESS = "127.0.0.1"  # the good clients' source address; each hostile kind has its own, from 127.0.0.2
+SOAK_CLIP_SECONDS = 1.0
+GOOD_REQUEST_EVERY, GOOD_UPLOAD_EVERY = 1.5, 15.0  # seconds from one start to the next, at least
+LIVE_SECONDS, LIVE_BLOCK_MS, LIVE_PAUSE_SECONDS = 3.0, 20, 1.0
+CHANNELS = 2
+BURST_REQUESTS, BURST_SESSIONS, BURST_LIVE_SECONDS = 5, 5, 1.0
+BOMB_RATE = 8000  # Hz, mono: hours of silence in a few hundred kB
+# What its header claims, 13.5 h of 22.05 kHz stereo: the most whole frames whose RIFF size (36 bytes more)
+# fits its 32 bits.
+LYING_WAV_DATA_BYTES = 0xFFFFFFD8
+# Room for every client that may wait for a model call at once (a burst, slow bodies, page jobs, the good
+# ones) and for a burst's live sessions beside the good one: only a limit per client may refuse a hostile one.
+SOAK_SERVER_FLAGS = ("--max-waiting", "32", "--max-live-sessions", str(BURST_SESSIONS + 3))
+ANSWER_TIMEOUT = 120  # seconds a client waits for an answer owed to it
+SOAK_CATEGORIES = ("good", "good upload", "good live", "hostile", "hostile upload")
+RESOURCES = ("rss_mb", "open_files", "threads", "temp_files")
+
+
+def waveform_answer(response: httpx.Response, frames: int) -> bool:
+    """200 with both sources as [1, frames, 2] waveforms: serving_default's columnar answer."""
+    if response.status_code != 200:
+        return False
+    try:
+        outputs = response.json()["outputs"]
+        return all(np.shape(outputs[source]) == (1, frames, CHANNELS) for source in ("vocals", "accompaniment"))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def audio_answer(response: httpx.Response) -> bool:
+    """200 with both sources as audio files that soundfile reads, of any rate and length."""
+    if response.status_code != 200:
+        return False
+    try:
+        [prediction] = response.json()["predictions"]
+        for name in ("vocals_bytes", "accompaniment_bytes"):
+            sf.info(io.BytesIO(base64.b64decode(prediction[name]["b64"])))
+    except (KeyError, TypeError, ValueError, RuntimeError):  # soundfile's errors are RuntimeErrors
+        return False
+    return True
+
+
+def decompression_bombs() -> list[tuple[str, str, bytes]]:
+    """(kind, file name, content) of small files that decode to hours of silence: seconds to encode."""
+    bombs = []
+    for audio_format, subtype, hours in (("FLAC", "PCM_16", 3), ("OGG", "VORBIS", 1)):
+        data = io.BytesIO()
+        with sf.SoundFile(data, "w", BOMB_RATE, 1, format=audio_format, subtype=subtype) as file:
+            minute = np.zeros(BOMB_RATE * 60, np.float32)
+            for _ in range(hours * 60):
+                file.write(minute)
+        bombs.append((f"{hours} h silent {audio_format} ({len(data.getvalue()) // 1024} kB)",
+                      f"hours.{audio_format.lower()}", data.getvalue()))
+    return bombs
+
+
+def lying_wav(wav: bytes, rate: int) -> bytes:
+    """A tenth of a second of ``wav`` (16-bit stereo, 44-byte header) under RIFF and data sizes of 4 GB."""
+    assert wav[36:40] == b"data"
+    data = bytearray(wav[:44 + rate // 10 * CHANNELS * 2])
+    data[4:8] = (LYING_WAV_DATA_BYTES + 36).to_bytes(4, "little")
+    data[40:44] = LYING_WAV_DATA_BYTES.to_bytes(4, "little")
+    return bytes(data)
+
+
+def fuzzed_wav(wav: bytes, rng: np.random.Generator) -> bytes:
+    """``wav`` with 1 to 8 bytes set at random, three in four of them in its 44-byte header, and
+    one time in five cut short at random."""
+    data = bytearray(wav)
+    for _ in range(rng.integers(1, 9)):
+        data[rng.integers(0, 44) if rng.random() < 0.75 else rng.integers(0, len(data))] = rng.integers(0, 256)
+    return bytes(data[:rng.integers(0, len(data))] if rng.random() < 0.2 else data)
+
+
+def status_code(line: bytes) -> str:
+    """The code of an HTTP status line, or "closed" for the empty line of a connection closed without one."""
+    return line.split()[1].decode() if line.startswith(b"HTTP/") and len(line.split()) > 1 else "closed"
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if not path.is_dir())
+
+
+def server_sample(pid: int, tmpdir: Path) -> dict:
+    """The server's resident memory, open file descriptors, threads, and the files in its TMPDIR."""
+    status = proc_status(pid)
+    return {"rss_mb": int(status["VmRSS"].split()[0]) / 1024, "open_files": len(os.listdir(f"/proc/{pid}/fd")),
+            "threads": int(status["Threads"]), "temp_files": len(files_under(tmpdir))}
+
+
+def slopes_per_hour(samples: list[dict]) -> dict[str, float]:
+    """Each resource's least-squares slope over the samples, per hour (NaN with fewer than two)."""
+    hours = np.array([sample["minute"] for sample in samples]) / 60
+    return {name: float(np.polyfit(hours, [sample[name] for sample in samples], 1)[0]) if len(samples) > 1
+            else float("nan") for name in RESOURCES}
+
+
+def job_result(path: Path, tmpdir: Path) -> bool:
+    """Whether a file is a page job's result (TMPDIR/wavesep-jobs-*/JOB/SOURCE.wav): kept until evicted."""
+    parts = path.relative_to(tmpdir).parts
+    return len(parts) == 3 and parts[0].startswith("wavesep-jobs-") and parts[2] in ("vocals.wav",
+                                                                                      "accompaniment.wav")
+
+
+class SoakClients:
+    """The soak's clients of the server at ``url``, their requests prepared once."""
+
+    def __init__(self, url: str, rate: int, slow_seconds: int, seed: int, bombs: list[tuple[str, str, bytes]]):
+        self.url, self.rate, self.slow_seconds, self.bombs = url, rate, slow_seconds, bombs
+        self.host = url.removeprefix("http://")
+        self.frames = int(SOAK_CLIP_SECONDS * rate)
+        audio = clip(SOAK_CLIP_SECONDS, rate)
+        self.wav = wav_bytes(audio, rate)
+        self.bodies = {"serving_default": json.dumps({"inputs": {"waveform": [audio.tolist()]}}).encode(),
+                       "separate_audio": audio_body(self.wav)}
+        self.fuzz = np.random.default_rng(seed)
+
+    def client(self, address: str, page: bool = False) -> httpx.AsyncClient:
+        """An HTTP client from ``address``; ``page``: with the server's own page as its Origin, as a browser."""
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=address), timeout=ANSWER_TIMEOUT,
+                                 headers={"Origin": self.url} if page else None)
+
+    def hostile_kinds(self) -> list:
+        """The hostile clients, each a coroutine function of its source address that returns its outcomes."""
+        bomb_uploads = [lambda address, bomb=bomb: self.upload(address, "hostile upload", *bomb) for bomb in self.bombs]
+        return [self.slow_headers, self.slow_body, self.slow_upload, self.lying_wav, self.fuzzed_wav, *bomb_uploads,
+                self.burst]
+
+    # the good clients
+
+    async def predict(self, client: httpx.AsyncClient, signature: str) -> Outcome:
+        def accept(response):
+            return (waveform_answer(response, self.frames) if signature == "serving_default"
+                    else good_answer(response, self.rate, self.frames))
+        return await post_predict(client, self.url, "good", signature, self.bodies[signature], accept)
+
+    async def upload(self, address: str, category: str, kind: str, name: str, content: bytes) -> list[Outcome]:
+        async with self.client(address, page=True) as client:
+            return [await page_upload(client, self.url, category, kind, name, content, self.rate, self.frames,
+                                      timeout=ANSWER_TIMEOUT)]
+
+    async def good_upload(self) -> list[Outcome]:
+        return await self.upload(GOOD_ADDRESS, "good upload", f"{SOAK_CLIP_SECONDS:g} s WAV", "song.wav", self.wav)
+
+    async def live(self, address: str, seconds: float, category: str, kind: str) -> tuple[Outcome, list[float]]:
+        """A live session from ``address``: ``seconds`` of audio sent paced in real time, then
+        ``{"end": true}``. Its status: "1000" when every block was answered, then the tail, then
+        a normal close; else how it ended ("closed CODE before streaming", "HTTP 429", ...).
+        Also its blocks' round trips (seconds from sending to the answer) when it ended so."""
+        block = self.rate * LIVE_BLOCK_MS // 1000
+        audio = clip(seconds, self.rate).astype("<f4")
+        frames = [audio[start:start + block].tobytes() for start in range(0, len(audio) - block + 1, block)]
+        sent, received, sizes = [], [], []
+        opened, close_code, tail_bytes = False, None, None
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(seconds + ANSWER_TIMEOUT):
+                async with connect(self.url.replace("http://", "ws://", 1) + "/v1/models/wavesep:stream",
+                                   origin=self.url, compression=None, max_size=None, proxy=None,
+                                   local_addr=(address, 0)) as stream:
+                    await stream.send(json.dumps({"sample_rate": self.rate, "channels": CHANNELS,
+                                                  "block_size": block, "format": "f32le"}))
+                    tail_bytes = 2 * json.loads(await stream.recv())["delay_samples"] * CHANNELS * 4
+                    opened = True
+
+                    async def receive():  # to the server's close: normal, or raising ConnectionClosedError
+                        async for answer in stream:
+                            received.append(time.perf_counter())
+                            sizes.append(len(answer))
+
+                    receiver = asyncio.create_task(receive())
+                    begin = time.perf_counter()
+                    for index, frame in enumerate(frames):
+                        await asyncio.sleep(max(0.0, begin + index * block / self.rate - time.perf_counter()))
+                        if receiver.done():  # the server closed the stream
+                            break
+                        sent.append(time.perf_counter())
+                        with contextlib.suppress(ConnectionClosed):  # then the receiver ends too
+                            await stream.send(frame)
+                    else:
+                        with contextlib.suppress(ConnectionClosed):
+                            await stream.send(json.dumps({"end": True}))
+                    await receiver
+                    close_code = stream.close_code
+        except ConnectionClosed as closed:
+            close_code = closed.rcvd.code if closed.rcvd else 1006
+        except InvalidStatus as refusal:
+            status = f"HTTP {refusal.response.status_code}"
+        except TimeoutError:
+            status = f"no end in {seconds + ANSWER_TIMEOUT:g} s"
+        except (OSError, WebSocketException, ValueError, KeyError, TypeError) as error:
+            status = f"transport error: {type(error).__name__}"
+        seconds_taken = time.perf_counter() - started
+        answer_bytes = 2 * block * CHANNELS * 4
+        if close_code is not None:
+            complete = opened and close_code == 1000 and sizes == [answer_bytes] * len(frames) + [tail_bytes]
+            status = ("1000" if complete else f"closed {close_code} before streaming" if not opened
+                      else f"closed {close_code} after {len(sizes)} of {len(frames) + 1} answers")
+        if category.startswith("good"):
+            ok = status == "1000"
+        else:  # a refusal: a close other than an internal error, or a 4xx to the handshake
+            ok = (status == "1000" or (status.startswith("closed") and close_code != 1011)
+                  or status.startswith("HTTP 4"))
+        trips = list(np.array(received[:len(frames)]) - np.array(sent)) if status == "1000" else []
+        return Outcome(category, kind, status, seconds_taken, ok), trips
+
+    # the hostile clients
+
+    async def trickle(self, address: str, kind: str, head: bytes, trickled: bytes, tail: bytes) -> list[Outcome]:
+        """Sends ``head``, ``trickled`` a byte a second, then ``tail`` over a connection from ``address``,
+        reading meanwhile. Refused: a 4xx or the connection closed, at any point."""
+        started = time.perf_counter()
+        host, port = self.host.split(":")
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port), local_addr=(address, 0))
+        except OSError as error:
+            return [Outcome("hostile", kind, f"transport error: {type(error).__name__}", 0.0, False)]
+        answer = asyncio.create_task(reader.readline())
+        try:
+            writer.write(head)
+            for byte in trickled:
+                await asyncio.wait([answer], timeout=1)  # a byte a second, unless the server answers first
+                if answer.done():
+                    break
+                writer.write(bytes([byte]))
+                await writer.drain()
+            else:
+                writer.write(tail)
+                await writer.drain()
+            status = status_code(await asyncio.wait_for(answer, ANSWER_TIMEOUT))
+        except ConnectionError:  # the server closed the connection: after its answer, if it sent one
+            await asyncio.wait([answer], timeout=1)
+            status = "closed" if not answer.done() or answer.exception() else status_code(answer.result())
+        except TimeoutError:
+            status = f"no answer in {ANSWER_TIMEOUT} s"
+        finally:
+            answer.cancel()
+            writer.close()
+        ok = status == "closed" or status.startswith("4")
+        return [Outcome("hostile", kind, status, time.perf_counter() - started, ok)]
+
+    def request_head(self, path: str, content_type: str, length: int, page: bool = False) -> bytes:
+        origin = f"Origin: {self.url}\r\n" if page else ""
+        return (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{origin}Content-Type: {content_type}\r\n"
+                f"Content-Length: {length}\r\nConnection: close\r\n").encode()
+
+    async def slow_headers(self, address: str) -> list[Outcome]:
+        """A predict whose last header comes a byte a second, then an empty JSON list as its body (400)."""
+        head = self.request_head("/v1/models/wavesep:predict", "application/json", 2) + b"X-Slow: "
+        return await self.trickle(address, "slow headers (1 byte/s)", head, b"a" * self.slow_seconds, b"\r\n\r\n[]")
+
+    async def slow_body(self, address: str) -> list[Outcome]:
+        """A predict body of spaces a byte a second, then an empty JSON list (400)."""
+        head = self.request_head("/v1/models/wavesep:predict", "application/json", self.slow_seconds + 2) + b"\r\n"
+        return await self.trickle(address, "slow body (1 byte/s)", head, b" " * self.slow_seconds, b"[]")
+
+    async def slow_upload(self, address: str) -> list[Outcome]:
+        """A page upload whose file comes a byte a second, in a form field other than "file" (400)."""
+        part = b'--soak\r\nContent-Disposition: form-data; name="song"; filename="slow.wav"\r\n\r\n'
+        end = b"\r\n--soak--\r\n"
+        head = self.request_head("/api/separate", "multipart/form-data; boundary=soak",
+                                 len(part) + self.slow_seconds + len(end), page=True) + b"\r\n" + part
+        return await self.trickle(address, "slow upload (1 byte/s)", head, b"\0" * self.slow_seconds, end)
+
+    async def lying_wav(self, address: str) -> list[Outcome]:
+        hours = LYING_WAV_DATA_BYTES / (self.rate * CHANNELS * 2) / 3600
+        async with self.client(address) as client:
+            return [await post_predict(client, self.url, "hostile", f"WAV header claiming {hours:.1f} h",
+                                       audio_body(lying_wav(self.wav, self.rate)), refused)]
+
+    async def fuzzed_wav(self, address: str) -> list[Outcome]:
+        """A good WAV with random bytes changed: refused, or separated if it still is a WAV, never a 5xx."""
+        async with self.client(address) as client:
+            return [await post_predict(client, self.url, "hostile", "fuzzed WAV (4xx or audio)",
+                                       audio_body(fuzzed_wav(self.wav, self.fuzz)),
+                                       lambda response: refused(response) or audio_answer(response))]
+
+    async def burst(self, address: str) -> list[Outcome]:
+        """Good predicts and live sessions all at once from one address: each served or refused."""
+        async with self.client(address) as client:
+            predicts = [post_predict(client, self.url, "hostile", f"burst: {BURST_REQUESTS} predicts at once",
+                                     self.bodies["separate_audio"],
+                                     lambda response: refused(response) or good_answer(response, self.rate,
+                                                                                       self.frames))
+                        for _ in range(BURST_REQUESTS)]
+            sessions = [self.live(address, BURST_LIVE_SECONDS, "hostile", f"burst: {BURST_SESSIONS} live at once")
+                        for _ in range(BURST_SESSIONS)]
+            answers = await asyncio.gather(*predicts, *sessions)
+        return answers[:BURST_REQUESTS] + [outcome for outcome, _ in answers[BURST_REQUESTS:]]
+
+
+async def soak_traffic(clients: SoakClients, args, sample) -> tuple[list[Outcome], list[float], list[dict]]:
+    """One of each good request to warm the server, then ``args.soak_minutes`` of good traffic
+    with a hostile client every ``args.hostile_seconds``, and ``sample()`` every ``args.sample_seconds``
+    and once the traffic has ended: the outcomes, live blocks' round trips, and the samples."""
+    outcomes, trips, samples, hostile_tasks = [], [], [], []
+    hostile_kinds = clients.hostile_kinds()
+    signatures = itertools.cycle(("serving_default", "separate_audio"))
+    async with clients.client(GOOD_ADDRESS) as rest:
+        warm_up = [await clients.predict(rest, next(signatures)) for _ in range(2)]
+        warm_up += await clients.good_upload()
+        warm_up.append((await clients.live(GOOD_ADDRESS, LIVE_SECONDS, "good live", "warm-up"))[0])
+        if failed := [outcome for outcome in warm_up if not outcome.ok]:
+            raise SystemExit(f"the warm-up failed: {failed}")
+        started = time.monotonic()
+        deadline = started + args.soak_minutes * 60
+
+        async def every(seconds: float, action) -> None:
+            """``action()`` again and again until the deadline, each start ``seconds`` after the one
+            before, or once that one has ended if later."""
+            while (begun := time.monotonic()) < deadline:
+                await action()
+                await asyncio.sleep(max(0.0, min(begun + seconds, deadline) - time.monotonic()))
+
+        async def good_request():
+            outcomes.append(await clients.predict(rest, next(signatures)))
+
+        async def good_upload():
+            outcomes.extend(await clients.good_upload())
+
+        async def live_session():
+            outcome, session_trips = await clients.live(GOOD_ADDRESS, LIVE_SECONDS, "good live",
+                                                        f"{LIVE_SECONDS:g} s, {LIVE_BLOCK_MS} ms blocks")
+            outcomes.append(outcome)
+            trips.extend(session_trips)
+
+        async def hostile_client():  # not awaited: a slow one lasts longer than the interval
+            index = len(hostile_tasks) % len(hostile_kinds)
+            hostile_tasks.append(asyncio.create_task(hostile_kinds[index](f"127.0.0.{2 + index}")))
+
+        async def take_sample():
+            samples.append({"minute": (time.monotonic() - started) / 60, **sample()})
+
+        await asyncio.gather(every(GOOD_REQUEST_EVERY, good_request), every(GOOD_UPLOAD_EVERY, good_upload),
+                             every(LIVE_SECONDS + LIVE_PAUSE_SECONDS, live_session),
+                             every(args.hostile_seconds, hostile_client), every(args.sample_seconds, take_sample))
+        for answers in await asyncio.gather(*hostile_tasks):
+            outcomes.extend(answers)
+        await take_sample()
+    return outcomes, trips, samples
+
+
+def run_soak(base: Path, folder: Path, rate: int, args) -> bool:
+    tmpdir = folder / "soak-server-tmp"  # the server's TMPDIR: its uploads and page jobs, counted at the end
+    tmpdir.mkdir()
+    log_path = folder / "soak-server.log"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        bombs = pool.submit(decompression_bombs)  # encoded while the server starts
+        server, url = start_server(base, log_path, *SOAK_SERVER_FLAGS, tmpdir=tmpdir)
+        clients = SoakClients(url, rate, args.slow_seconds, args.seed, bombs.result())
+    kinds = clients.hostile_kinds()
+    print(f"Soak: {args.soak_minutes:g} min against one server ({' '.join(SOAK_SERVER_FLAGS)}); CPU: "
+          f"{this_cpu().describe()}\n"
+          f"  good, from {GOOD_ADDRESS}: a predict every {GOOD_REQUEST_EVERY:g} s (serving_default as JSON and "
+          f"separate_audio as a b64 WAV in turn, of a {SOAK_CLIP_SECONDS:g} s stereo clip), a page upload of it "
+          f"every {GOOD_UPLOAD_EVERY:g} s followed to its end, a {LIVE_SECONDS:g} s live session every "
+          f"{LIVE_SECONDS + LIVE_PAUSE_SECONDS:g} s ({LIVE_BLOCK_MS} ms blocks paced in real time)\n"
+          f"  hostile: a client every {args.hostile_seconds:g} s, the {len(kinds)} kinds in turn, each from its own "
+          f"address (127.0.0.2-127.0.0.{1 + len(kinds)}); slow ones send a byte a second for up to "
+          f"{args.slow_seconds} s")
+    try:
+        outcomes, trips, samples = asyncio.run(
+            soak_traffic(clients, args, lambda: server_sample(server.pid, tmpdir)))
+        idle_files = files_under(tmpdir)  # every job has ended: only the kept jobs' results may be there
+        alive = server.poll() is None
+    finally:
+        stop_server(server)
+    left = [str(path.relative_to(tmpdir)) for path in sorted(tmpdir.rglob("*"))]
+    stray = [str(path.relative_to(tmpdir)) for path in idle_files if not job_result(path, tmpdir)]
+    errors = [line for line in log_path.read_text(errors="replace").splitlines()
+              if " ERROR " in line or line.startswith("Traceback")]
+    good_failures, hostile_not_refused = verdict(outcomes)
+    slopes = slopes_per_hour(samples)
+    trip_ms = np.percentile(np.array(trips) * 1000, [50, 99]) if trips else [float("nan")] * 2
+
+    for line in mixed_table(outcomes, SOAK_CATEGORIES):
+        print(line)
+    print(f"  live blocks answered: {len(trips)}, round trip p50 {trip_ms[0]:.1f} ms, p99 {trip_ms[1]:.1f} ms")
+    print(f"  good requests, uploads and live sessions: {sum(o.category.startswith('good') for o in outcomes)}, "
+          f"failures {good_failures}   hostile: {sum(not o.category.startswith('good') for o in outcomes)}, "
+          f"not refused {hostile_not_refused}")
+    print(f"  the server, read every {args.sample_seconds:g} s:")
+    print("    minute   RSS MB   open files   threads   temp files")
+    for sample in samples:
+        print(f"    {sample['minute']:6.1f} {sample['rss_mb']:8.0f} {sample['open_files']:12d} {sample['threads']:9d} "
+              f"{sample['temp_files']:12d}")
+    print(f"  slope per hour (least squares, {len(samples)} samples): RSS {slopes['rss_mb']:+.0f} MB, open files "
+          f"{slopes['open_files']:+.1f}, threads {slopes['threads']:+.1f}, temp files {slopes['temp_files']:+.1f}")
+    print(f"  temp files in the server's TMPDIR: once the traffic ended {len(idle_files)} "
+          f"({len(idle_files) - len(stray)} results of kept page jobs, {len(stray)} others"
+          f"{': ' + ', '.join(stray[:5]) if stray else ''}); "
+          f"after it stopped {len(left)}{': ' + ', '.join(left[:5]) if left else ''}")
+    print(f"  server log: {len(errors)} errors{': ' + errors[0] if errors else ''}; "
+          f"the server {'ran to the end' if alive else 'EXITED'}")
+    ok = good_failures == 0 and hostile_not_refused == 0 and not stray and not left and not errors and alive
+    if args.json:
+        args.json.write_text(json.dumps({
+            "cpu": this_cpu().describe(), "minutes": args.soak_minutes, "server_flags": list(SOAK_SERVER_FLAGS),
+            "kinds": kind_figures(outcomes, SOAK_CATEGORIES),
+            "live_round_trip_ms": {"n": len(trips), "p50": float(trip_ms[0]), "p99": float(trip_ms[1])},
+            "good_failures": good_failures, "hostile_not_refused": hostile_not_refused,
+            "samples": samples, "slopes_per_hour": slopes,
+            "temp_files": {"after_traffic": len(idle_files), "stray_after_traffic": stray, "left_after_stop": left},
+            "server_errors": errors, "server_ran_to_the_end": alive, "ok": ok}, indent=1))
+    return ok
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -420,8 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=str(PRETRAINED_MODEL), help="run directory to export (default: shipped)")
     parser.add_argument("--model-base-path", type=Path,
                         help="serve this export instead (a folder of numbered versions, as export.py writes them)")
-    parser.add_argument("--phases", type=phase_list, default=list(PHASES),
-                        help=f"comma-separated, from {','.join(PHASES)} (default: all three)")
+    parser.add_argument("--phases", type=phase_list, default=list(DEFAULT_PHASES),
+                        help=f"comma-separated, from {','.join(PHASES)} (default: {','.join(DEFAULT_PHASES)})")
     parser.add_argument("--requests", type=count(1), default=20, help="latency: timed requests per path (default: 20)")
     parser.add_argument("--load-requests", type=count(1), default=500, help="load: requests (default: 500)")
     parser.add_argument("--concurrency", type=count(1), default=16,
@@ -433,7 +903,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mixed: length of the good requests' and uploads' clip (default: 1)")
     parser.add_argument("--uploads", type=count(0), default=10,
                         help="mixed: good page uploads, besides the 2 hostile ones (default: 10)")
-    parser.add_argument("--seed", type=int, default=0, help="mixed: seed of the requests' order (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="mixed: seed of the requests' order; soak: of the fuzzed WAVs (default: 0)")
+    parser.add_argument("--soak-minutes", type=float, default=20, help="soak: how long (default: 20)")
+    parser.add_argument("--sample-seconds", type=float, default=60,
+                        help="soak: how often the server's RSS, open files, threads and temp files are read "
+                             "(default: 60)")
+    parser.add_argument("--hostile-seconds", type=float, default=10,
+                        help="soak: a hostile client starts this often (default: 10)")
+    parser.add_argument("--slow-seconds", type=count(1), default=60,
+                        help="soak: how long a slow client sends a byte a second, unless the server stops it "
+                             "first (default: 60)")
+    parser.add_argument("--json", type=Path, help="soak: write its figures here")
     return parser
 
 
@@ -443,6 +924,8 @@ def main(argv=None) -> int:
     if not 0 < args.mixed_seconds <= 10 or not 0 < args.load_seconds <= 60:
         parser.error("--mixed-seconds must be in (0, 10] (its requests must stay under the mixed phase's "
                      "limits) and --load-seconds in (0, 60]")
+    if min(args.soak_minutes, args.sample_seconds, args.hostile_seconds) <= 0:
+        parser.error("--soak-minutes, --sample-seconds and --hostile-seconds must be above 0")
 
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
@@ -483,6 +966,8 @@ def main(argv=None) -> int:
                 stop_server(server)
         if "mixed" in args.phases:
             ok &= run_mixed(base, folder, rate, args)
+        if "soak" in args.phases:
+            ok &= run_soak(base, folder, rate, args)
     return 0 if ok else 1
 
 
