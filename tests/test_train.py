@@ -1,5 +1,8 @@
 """train.py end to end on a tiny Wave-U-Net and tiny synthetic songs: the loss
-falls, the run directory is complete, and a killed run resumes where it was."""
+falls, the run directory is complete, a killed run resumes where it was, and
+distributed training (MirroredStrategy on two logical CPUs, two workers on loopback)
+keeps its replicas in step."""
+import csv
 import json
 import os
 import signal
@@ -23,6 +26,7 @@ from runtime.run_directory import RunDirectory
 from tests.helpers import (TINY_TRAINED_WAVEUNET as TINY_MODEL, TINY_WAVEUNET as TINY, best_constant_gain_loss,
                            make_run_dir, write_run)
 from training import data, session
+from training.checkpointing import backup_progress
 from training.strategy import choose_strategy
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -97,27 +101,57 @@ def test_a_killed_run_resumes_from_its_last_backup(tmp_path):
     assert int(model.optimizer.iterations.numpy()) == 10 * (killed_at_epoch + 2)  # step counter carried over
 
 
-STRATEGY_SCRIPT = """
+@pytest.fixture(scope="module")
+def song_cache(tmp_path_factory):
+    """The songs write_run trains on, generated once for the tests here that share them."""
+    cache = tmp_path_factory.mktemp("songs")
+    data.check_data(write_run(tmp_path_factory.mktemp("songs-run"), cache, steps=1, validate_every=1),
+                    TINY_MODEL.sample_rate)
+    return cache
+
+
+def assert_complete_with_falling_loss(run_dir: Path, steps: int, validations: int) -> list[float]:
+    """The run directory holds all that a finished run writes, and its logged loss fell."""
+    run = RunDirectory(run_dir)
+    assert run.config_file.is_file() and run.best_checkpoint.is_file() and run.last_checkpoint.is_file()
+    assert backup_progress(run.backup)["step"] == steps
+    assert {"train", "validation", "validation_examples"} <= {path.name for path in run.logs.iterdir()}
+    with open(run.logs / "metrics.csv") as metrics:
+        losses = [float(row["loss"]) for row in csv.DictReader(metrics)]
+    assert len(losses) == validations and np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    return losses
+
+
+MIRRORED_SCRIPT = """
+import json
 import sys
+import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import train
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 model, history = train.train(*train.resolve_run(train.parse_args(["--resume", sys.argv[1]])), strategy=strategy)
-print("replicas", strategy.num_replicas_in_sync, "steps", int(model.optimizer.iterations.numpy()))
+copies = [strategy.experimental_local_results(weight.value) for weight in model.weights]
+print("RESULT", json.dumps({
+    "replicas": model.distribute_strategy.num_replicas_in_sync,
+    "steps": int(model.optimizer.iterations.numpy()),
+    "devices": sorted({copy.device.split("/")[-1] for weight in copies for copy in weight}),
+    "replica_difference": max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in copies)}))
 """
 
 
-@pytest.mark.slow  # a minute; the multi-worker test below covers distributed training too
-def test_training_under_a_mirrored_strategy_on_two_logical_cpus(tmp_path):
+def test_training_under_a_mirrored_strategy_on_two_logical_cpus(tmp_path, song_cache):
     run_dir = tmp_path / "run"
-    write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
-    result = subprocess.run([sys.executable, "-c", STRATEGY_SCRIPT, str(run_dir)], cwd=REPOSITORY, text=True,
-                            capture_output=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "MirroredStrategy with 2 replica(s)" in result.stdout
-    assert "replicas 2 steps 6" in result.stdout
+    write_run(run_dir, song_cache, steps=4, validate_every=2)
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(run_dir)], cwd=REPOSITORY, text=True,
+                            capture_output=True, timeout=240, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    outcome = json.loads(result.stdout.split("RESULT ", 1)[1])
+    assert outcome["replicas"] == 2 and outcome["steps"] == 4
+    assert outcome["devices"] == ["device:CPU:0", "device:CPU:1"]
+    assert outcome["replica_difference"] == 0  # every update reached both copies of every weight
+    assert_complete_with_falling_loss(run_dir, steps=4, validations=2)
 
 
 def test_init_from_starts_with_another_runs_weights_and_architecture(tmp_path):
@@ -238,12 +272,11 @@ def test_resume_keeps_the_best_loss_and_the_patience_count(tmp_path):
     assert best_file.read_bytes() == best_before  # not replaced by a worse model
 
 
-@pytest.mark.slow  # two runs and a resume: two minutes on 2 busy cores
-def test_a_resumed_run_draws_new_crops(tmp_path):
+def test_a_resumed_run_draws_new_crops(tmp_path, song_cache):
     seeds = {data.run_seed(0, worker, epoch) for worker in (0, 1) for epoch in (0, 3)}
     assert len(seeds) == 4
     run_dir = tmp_path / "run"
-    run = write_run(run_dir, tmp_path / "cache", steps=20, validate_every=10)
+    run = write_run(run_dir, song_cache, steps=20, validate_every=10)
     config = TINY_MODEL
     crop = CropSpec(*input_length_for(config, config.num_frames))
     tracks = data.check_data(run, config.sample_rate)
@@ -297,11 +330,21 @@ def test_every_bad_file_is_named_before_the_first_step(tmp_path, capsys):
 
 
 WORKER_SCRIPT = """
+import json
+import os
 import sys
+import numpy as np
 import train
+from training.strategy import cluster_role
 model, history = train.train(*train.resolve_run(train.parse_args(["--resume", sys.argv[1]])))
-print("steps", int(model.optimizer.iterations.numpy()), "validations", len(history.history["val_loss"]))
-print("weights", sum(float(abs(w).sum()) for w in model.get_weights()))
+np.savez(sys.argv[2], *model.get_weights())
+strategy = model.distribute_strategy
+print("RESULT", json.dumps({"strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+                            "workers": cluster_role(strategy).count, "steps": int(model.optimizer.iterations.numpy()),
+                            "losses": history.history["loss"]}), flush=True)
+# Skips TensorFlow's exit, where the chief waits out the heartbeat timeout (~17 s) of a
+# worker that has already left.
+os._exit(0)
 """
 
 
@@ -315,33 +358,48 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-@pytest.mark.slow  # two training processes: over a minute
-def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path):
+def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path, song_cache):
     run_dir = tmp_path / "run"
-    write_run(run_dir, tmp_path / "cache", steps=6, validate_every=3)
-    data.check_data(RunDirectory(run_dir).read_config(), 8000)  # songs generated once, before the workers start
+    write_run(run_dir, song_cache, steps=4, validate_every=2)
     chief, worker = (f"127.0.0.1:{port}" for port in free_ports(2))
+    tasks = ("chief", "worker")
     processes = []
-    for task_type in ("chief", "worker"):
+    for task_type in tasks:
         tf_config = {"cluster": {"chief": [chief], "worker": [worker]}, "task": {"type": task_type, "index": 0}}
         environment = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2",
                        "TMPDIR": str(tmp_path)}
-        processes.append(subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(run_dir)], cwd=REPOSITORY,
-                                          env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True))
+        processes.append(subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(run_dir),
+                                           str(tmp_path / f"{task_type}.npz")], cwd=REPOSITORY, env=environment,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    deadline = time.monotonic() + 240
     outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=400)[0])
-        finally:
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        pytest.fail("the workers did not finish in 240 s")
+    finally:
+        for process in processes:
             process.kill()
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, "\n\n".join(o[-3000:] for o in outputs)
-        assert "CollectiveAllReduceStrategy with 2 replica(s)" in output  # MultiWorkerMirroredStrategy
-        assert "steps 6 validations 2" in output
-    weights = [next(line for line in output.splitlines() if line.startswith("weights")) for output in outputs]
-    assert weights[0] == weights[1]  # the workers stayed in step
-    assert RunDirectory(run_dir).best_checkpoint.is_file() and RunDirectory(run_dir).logs.is_dir()
+    results = [json.loads(output.split("RESULT ", 1)[1]) for output in outputs]
+    for result in results:  # MultiWorkerMirroredStrategy, chosen from TF_CONFIG
+        assert (result["strategy"], result["replicas"], result["workers"], result["steps"]) == (
+            "CollectiveAllReduceStrategy", 2, 2, 4)
+    # Each worker logs the loss averaged over both, which fell; the chief wrote the run directory.
+    np.testing.assert_allclose(results[0]["losses"], results[1]["losses"], rtol=1e-6)
+    np.testing.assert_allclose(assert_complete_with_falling_loss(run_dir, steps=4, validations=2),
+                               results[0]["losses"], rtol=1e-6)
+    final = {}
+    for task in tasks:
+        with np.load(tmp_path / f"{task}.npz") as weights:
+            final[task] = [weights[f"arr_{index}"] for index in range(len(weights.files))]
+    last = keras.saving.load_model(RunDirectory(run_dir).last_checkpoint, compile=False).get_weights()
+    assert len(last) == len(final["chief"]) == len(final["worker"])
+    for saved, chief_weight, worker_weight in zip(last, final["chief"], final["worker"]):
+        np.testing.assert_array_equal(chief_weight, worker_weight)  # the workers stayed in step
+        np.testing.assert_array_equal(saved, chief_weight)  # and the chief saved where they ended
     scratch = list(tmp_path.glob("worker1-*"))  # the worker wrote its files outside the run directory
     assert len(scratch) == 1 and RunDirectory(scratch[0]).last_checkpoint.is_file()
 
