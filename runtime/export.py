@@ -1,8 +1,8 @@
 """Exporting a run: a SavedModel in TF Serving's layout (``base/<version>/``, written
 under a temporary name and renamed into place), its facts (runtime.model_facts), a
-model.onnx, a TF-TRT conversion of every signature, and run directories with float16
-weights; each checked against the Keras model before anything is placed. export.py is
-its command line."""
+model.onnx and a TF-TRT conversion of every signature; each checked against the Keras
+model before anything is placed. export.py is its command line (its float16 run
+directories are runtime.float16_run's)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,8 @@ import tensorflow as tf
 from models.architecture import SOURCES
 from models.registry import ARCHITECTURES
 from runtime.chunking import separate_song
-from runtime.loading import load_run, load_separator, saved_model_separator
+from runtime.float16_run import probe_signal
+from runtime.loading import load_run, saved_model_separator
 from runtime.model_facts import ModelFacts
 from runtime.run_directory import RunConfig, RunDirectory
 from runtime.saved_model_graph import SIGNATURES, SeparationModule
@@ -26,7 +27,6 @@ PROJECT_VERSION = "0.3.0"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17  # tf2onnx 1.17 with onnx 1.17: 17 and 18 work, 19 is refused
 PARITY_TOLERANCE = 1e-4
-FLOAT16_TOLERANCE = 1e-3  # float16 weights carry ~3 significant digits
 # A TF-TRT version against the Keras model: fp32 as any export; fp16 computes in half
 # precision. The shipped model computed in Keras' mixed_float16 (on a CPU: no TensorRT
 # here) differed from float32 by at most 6.0e-4 (RMS 1.1e-4) on the test signal: 5x that.
@@ -72,15 +72,6 @@ def model_facts(run_dir: Path, run: RunConfig, checkpoint: Path, plan, precision
         chunk_plan=dataclasses.asdict(plan),
         precision=precision,
     )
-
-
-def probe_signal(sample_rate: int, channels: int, length: int) -> np.ndarray:
-    """Tones and noise below full scale: ``[time, channels]``."""
-    t = np.arange(length) / sample_rate
-    rng = np.random.default_rng(0)
-    tones = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1234.5 * t)
-    signal = tones[:, None] + 0.1 * rng.standard_normal((length, channels))
-    return signal.astype(np.float32)
 
 
 def check_saved_model(version_dir: Path, module: SeparationModule, loaded_run, chunk_seconds: float) -> float:
@@ -198,26 +189,3 @@ def export_run(run_dir, base_dir, version: int | None = None, onnx: bool = False
         shutil.rmtree(staging, ignore_errors=True)
     return version_dir
 
-
-def write_float16_run(run_dir, destination, log=print) -> float:
-    """A copy of a run directory (config and best weights) with float16 weights;
-    returns the largest difference of its separation from the float32 weights'."""
-    target = RunDirectory(destination)
-    if target.path.exists() and any(target.path.iterdir()):
-        raise ExportError(f"{target.path} is not empty")
-    loaded = load_run(run_dir)
-    target.write_config(RunDirectory(run_dir).read_config())
-    target.save_float16_weights(loaded.model)
-    config = loaded.config
-    signal = probe_signal(config.sample_rate, config.channels, 4 * config.sample_rate)
-    reference = separate_song(keras_separator(loaded.model, loaded.arch, config, "float32"), signal,
-                              config.sample_rate)
-    compact = separate_song(load_separator(target.path), signal, config.sample_rate)
-    difference = max(float(np.max(np.abs(compact[s] - reference[s]))) for s in reference)
-    size = target.float16_checkpoint.stat().st_size / 1e6
-    log(f"{target.float16_checkpoint}: {size:.1f} MB; separation vs the float32 weights on a 4 s test "
-        f"signal: max abs diff {difference:.2e}")
-    if not difference <= FLOAT16_TOLERANCE:
-        shutil.rmtree(target.path)
-        raise ExportError(f"float16 weights change the separation by {difference:.2e} (> {FLOAT16_TOLERANCE:g})")
-    return difference

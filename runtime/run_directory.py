@@ -5,7 +5,9 @@
                        ``RunDirectory.write_config`` only
     checkpoints/       best.keras (lowest validation loss) and last.keras; a shipped
                        model may hold only best.float16.npz (its weights stored in
-                       float16, loaded as float32: half the size)
+                       float16, loaded as float32: half the size; written by
+                       runtime.float16_run, with the separation difference it was
+                       checked to)
     backup/            the resumable training state (training.checkpointing)
     logs/              TensorBoard event files, or CSV where TensorFlow is absent
 
@@ -22,6 +24,9 @@ import numpy as np
 
 # config.json's keys, in the order they are written.
 CONFIG_KEYS = ("arch", "config_name", "model", "data", "training")
+# best.float16.npz's entry beside the weights: the max abs difference of the separation
+# with them from the float32 weights' (absent from files written before it was recorded).
+FLOAT16_CHECK_KEY = "check:max_abs_difference"
 
 
 @dataclass(frozen=True)
@@ -133,19 +138,16 @@ class RunDirectory:
                              f"{error}") from None
         return checkpoint
 
-    def save_float16_weights(self, model) -> Path:
-        """Stores ``model``'s weights in float16 (``best.float16.npz``), keyed by their paths."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        weights = {f"{index:04d}:{weight.path}": np.asarray(weight.numpy(), np.float16)
-                   for index, weight in enumerate(model.weights)}
-        np.savez(self.float16_checkpoint, **weights)
-        return self.float16_checkpoint
+
+def float16_weight_names(model) -> list[str]:
+    """The keys of ``model``'s weights in best.float16.npz, in the model's order."""
+    return [f"{index:04d}:{weight.path}" for index, weight in enumerate(model.weights)]
 
 
 def _load_float16_weights(model, path: Path) -> None:
     with np.load(path) as stored:
-        names = sorted(stored.files)
-        expected = [f"{index:04d}:{weight.path}" for index, weight in enumerate(model.weights)]
+        names = sorted(name for name in stored.files if name != FLOAT16_CHECK_KEY)
+        expected = float16_weight_names(model)
         if names != expected:
             raise ValueError(f"it holds {len(names)} weights {names[:2]}..., the model has {len(expected)} "
                              f"{expected[:2]}...")

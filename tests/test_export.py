@@ -15,6 +15,7 @@ import separate
 from models.waveunet import CONFIGS, WaveUNetConfig
 from runtime import export, resampling
 from runtime.chunking import separate_song
+from runtime.float16_run import FLOAT16_TOLERANCE, write_float16_run
 from runtime.loading import load_separator
 from runtime.model_facts import MODEL_FACTS_FILE
 from runtime.saved_model_graph import resample_tf
@@ -274,14 +275,14 @@ def test_float16_run_halves_the_weights_and_separates_within_1e3(tmp_path, capsy
     mix = song(RATE * 2, 2, seed=5)
     reference = separate_song(load_separator(run_dir), mix, RATE)
     loaded = separate_song(load_separator(tmp_path / "compact"), mix, RATE)
-    assert 0 < max(np.abs(loaded[s] - reference[s]).max() for s in reference) <= export.FLOAT16_TOLERANCE
+    assert 0 < max(np.abs(loaded[s] - reference[s]).max() for s in reference) <= FLOAT16_TOLERANCE
     # Not written over a non-empty folder.
     assert export_cli.main(["--model", str(run_dir), "--float16-run", str(tmp_path / "compact")]) == 1
 
 
 def test_float16_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
     run_dir = make_run_dir(tmp_path / "run", tiny_config(True, 2))
-    export.write_float16_run(run_dir, tmp_path / "compact", log=lambda message: None)
+    write_float16_run(run_dir, tmp_path / "compact", log=lambda message: None)
     config = json.loads((tmp_path / "compact" / "config.json").read_text())
     config["model"]["num_initial_filters"] = 4
     (tmp_path / "compact" / "config.json").write_text(json.dumps(config))
