@@ -345,6 +345,12 @@ def block_milliseconds(text: str) -> float:
     return value
 
 
+def registered_config(text: str) -> str:
+    """argparse type of --untrained: ARCH:CONFIG of a registered architecture's config."""
+    BenchModel.parse(text)  # raises argparse's error naming the configs there are
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, action="append",
@@ -352,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default: the shipped {PRETRAINED_MODEL.name})")
     parser.add_argument("--arch-configs", action="store_true",
                         help=f"add untrained {', '.join(ARCH_CONFIGS)} (built here, random weights)")
+    parser.add_argument("--untrained", metavar="ARCH:CONFIG", action="append", default=[], type=registered_config,
+                        help="add this registered config with random weights (speed does not depend on them), "
+                             "e.g. waveunet:lowlatency; repeat for more")
     parser.add_argument("--blocks-ms", type=block_milliseconds, nargs="+", default=list(DEFAULT_BLOCKS_MS),
                         help=f"block durations (default: {' '.join(map(str, DEFAULT_BLOCKS_MS))})")
     parser.add_argument("--rate", type=int, help="also stream at this rate, resampled live (e.g. 44100)")
@@ -391,7 +400,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     tf.get_logger().setLevel("ERROR")  # each separator traces its own graph: TF calls that "retracing"
     models = [model_at(path) for path in args.model or [PRETRAINED_MODEL]]
-    models += [untrained_model(text) for text in ARCH_CONFIGS] if args.arch_configs else []
+    models += [untrained_model(text) for text in [*(ARCH_CONFIGS if args.arch_configs else ()), *args.untrained]]
     cpu = this_cpu().describe()
     print(f"CPU: {cpu}")
     print(f"Audio: {args.seconds:g} s stereo of {args.song or 'synthetic music (seed 0)'} per row; {WARMUP_BLOCKS} "

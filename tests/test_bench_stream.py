@@ -125,3 +125,10 @@ def test_the_websocket_client_times_every_frame_after_the_warm_up(separator, str
 def test_a_stream_the_server_refuses_fails_with_its_reason(stream_url):
     with pytest.raises(ConnectionClosedError, match="block_size too large"):
         asyncio.run(websocket_round_trips(stream_url, np.zeros((2 * RATE, 2), np.float32), RATE, 2 * RATE))
+
+
+def test_untrained_configs_are_checked_against_the_registry(capsys):
+    assert bench.parse_args(["--untrained", "waveunet:lowlatency"]).untrained == ["waveunet:lowlatency"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--untrained", "waveunet:nosuch"])
+    assert "no config 'nosuch'" in capsys.readouterr().err
