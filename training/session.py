@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from data_pipeline.crops import CropSpec
 from data_pipeline.datasets import DatasetError, find_problems
@@ -109,7 +110,14 @@ def validation_examples(run: RunConfig, log_dir: Path, excerpts, crop: CropSpec,
     config = architecture.config_from_dict(run.model)
     if architecture.generator(config) is None:
         def separate(model, mix):
-            return architecture.inference_head(model.predict(mix, batch_size=4, verbose=0))
+            # Under a distribution strategy every replica takes a share of each batch: an
+            # empty share fails (1 excerpt on 2 workers), so the excerpts are padded to a
+            # multiple of the replicas with silence, whose outputs are dropped.
+            strategy = getattr(model, "distribute_strategy", None)
+            replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+            padded = np.pad(mix, [(0, -len(mix) % replicas), (0, 0), (0, 0)])
+            outputs = model.predict(padded, batch_size=4 * replicas, verbose=0)
+            return architecture.inference_head(keras.tree.map_structure(lambda output: output[:len(mix)], outputs))
     elif USES_TF_DATA:
         from runtime.separator import keras_separator
 
