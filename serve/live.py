@@ -11,7 +11,8 @@ the tail (the last ``delay_samples`` of each source) and a normal close.
 A session is bounded from outside in every direction:
 
 - at most ``max_sessions`` at once, counted from the connection, and at most
-  ``max_per_client`` of them from one address (1013 beyond);
+  ``max_per_client`` of them from one address (1013 beyond, after waiting
+  ``REOPEN_GRACE_SECONDS`` for a session of the client's that has just closed);
 - at most ``max_seconds`` long (1008);
 - a start message within ``idle_seconds``, then a frame at least every
   ``idle_seconds`` (1008);
@@ -70,6 +71,9 @@ MAX_MESSAGE_BYTES = int(MAX_BLOCK_SECONDS * MAX_SAMPLE_RATE) * frame_bytes("f32l
 SEND_BUFFER_BYTES = 256 * 1024
 # What a session's log line says of a close frame without a reason that it did not send.
 DISCONNECTIONS = {1006: "connection lost", 1012: "the server is stopping"}
+# A client that closes its session and opens the next at once may arrive before this server has
+# seen the close: its share is waited for this long before the new session is refused.
+REOPEN_GRACE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,7 @@ class LiveSessions:
             await session.close(1013, f"{self.active} live sessions are running, this server's limit; try again later")
             return
         client = client_address(websocket)
-        client_place = self.clients.take(client)
+        client_place = await self.place_for(client)
         if client_place is None:
             await session.close(1013, f"{client} has {self.limits.max_per_client} live sessions, this server's limit "
                                       f"per client; try again later")
@@ -175,6 +179,15 @@ class LiveSessions:
         finally:
             self.active -= 1
             client_place()
+
+
+    async def place_for(self, client: str):
+        """The client's place (its give-back function), or None if it still holds its share
+        after ``REOPEN_GRACE_SECONDS``."""
+        deadline = time.monotonic() + REOPEN_GRACE_SECONDS
+        while (place := self.clients.take(client)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return place
 
 
 class Session:

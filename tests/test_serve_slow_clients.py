@@ -226,3 +226,15 @@ def test_live_sessions_beyond_a_clients_share_or_past_their_length_are_closed(li
                                      f"open another to go on")
     assert LIVE_MAX_SECONDS - 0.1 < attack["seconds"] < LIVE_MAX_SECONDS + 2
     assert max(round_trips) < 1
+
+
+def test_a_client_that_closed_its_session_may_open_the_next_at_once(live_server):
+    """A client closes and reconnects before the server has seen its close: the server waits a
+    moment for the place to come back instead of refusing (1013) the client's one session."""
+    frame = np.zeros((1102, 2), "<f4").tobytes()
+    for _ in range(10):
+        client = live_connection(live_server, GOOD_ADDRESS)
+        assert "delay_samples" in start_stream(client)
+        client.send(frame)
+        client.recv(timeout=30)
+        client.close()
