@@ -75,8 +75,9 @@ def _commit() -> str:
 
 
 def measurement(program: str, argv: list[str]) -> dict:
-    """How a figure was measured: the command line as typed, the code, the machine, the day."""
-    return {"command": shlex.join(["python", program, *argv]), "commit": _commit(), "cpu": this_cpu().describe(),
+    """How a figure was measured: the command line as typed (``program``: what follows
+    ``python``, e.g. ``evaluate.py`` or ``-m bench.separate``), the code, the machine, the day."""
+    return {"command": " ".join(["python", program, shlex.join(argv)]).rstrip(), "commit": _commit(), "cpu": this_cpu().describe(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 

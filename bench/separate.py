@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench import records  # noqa: E402
 from data_pipeline.datasets import get_tracks  # noqa: E402
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import ARCHITECTURES  # noqa: E402
@@ -395,18 +396,19 @@ def save_random_run(model: BenchModel, folder: Path) -> Path:
     return folder
 
 
-def quality(runtimes: list, data_root: Path, chunk_seconds: float, scratch: Path) -> None:
-    """Median SDR of the shipped model in each runtime on the MUSDB18 validation previews, against keras-float32."""
+def quality(runtimes: list, data_root: Path, chunk_seconds: float, scratch: Path) -> dict:
+    """Median SDR of the shipped model in each runtime on the MUSDB18 validation previews, against
+    keras-float32: printed, and returned by runtime ({} where the previews are absent)."""
     if not data_root.is_dir():
         print(f"Quality: skipped, no MUSDB18 previews at {data_root}")
-        return
+        return {}
     valid = [scoring.load_track_audio(track) for track in get_tracks("musdb", "valid", data_root=data_root)]
     calibration_tracks = get_tracks("musdb", "train", data_root=data_root)[:CALIBRATION_SONGS]
     calibration = [(audio["mixture"], rate) for audio, rate in map(scoring.load_track_audio, calibration_tracks)]
     print(f"Quality of {PRETRAINED_MODEL.name} on the {len(valid)} MUSDB18 validation previews (median SDR over "
           f"tracks, BSSEval v4; int8 calibrated on {CALIBRATION_SONGS} training previews)")
     print(f"{'runtime':18s} {'vocals':>8s} {'Δ':>7s} {'accomp.':>8s} {'Δ':>7s}  within {SDR_TOLERANCE} dB")
-    reference = None
+    reference, figures = None, {}
     for runtime, model in runtime_models(PRETRAINED_MODEL, scratch / "shipped", runtimes, calibration).items():
         separator = load_separator(*model)
         scores = [scoring.bss_scores(audio, separate_song(separator, audio["mixture"], rate, chunk_seconds), rate)
@@ -417,6 +419,9 @@ def quality(runtimes: list, data_root: Path, chunk_seconds: float, scratch: Path
         within = "yes" if all(abs(d) <= SDR_TOLERANCE for d in delta.values()) else "NO"
         print(f"{runtime:18s} {sdr['vocals']:8.2f} {delta['vocals']:+7.3f} {sdr['accompaniment']:8.2f} "
               f"{delta['accompaniment']:+7.3f}  {within}")
+        figures[runtime] = {"runtime": runtime, **{f"{source}_sdr": round(sdr[source], 3) for source in SOURCES},
+                            **{f"{source}_delta": round(delta[source], 3) for source in SOURCES}}
+    return figures
 
 
 def long_minutes(text: str) -> float:
@@ -469,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score the shipped model in each runtime on the MUSDB18 validation previews")
     parser.add_argument("--data-root", type=Path, default=PREVIEWS,
                         help=f"MUSDB18 root for --quality (default: {PREVIEWS}; skipped where absent)")
+    parser.add_argument("--record", action="store_true",
+                        help="also put the speed rows into docs/results/runtime-speed.json (row CONFIG-RUNTIME) and, "
+                             "with --quality, the SDR rows into runtime-quality.json (row RUNTIME), with this command "
+                             "line, the commit, the CPU and the date (python -m bench.records renders the tables)")
     return parser
 
 
@@ -501,8 +510,17 @@ def main(argv=None) -> int:
             audio_gib = args.long_minutes * 60 * CLIP_RATE * 2 * 4 / 2 ** 30
             print(f"Peak RSS separating a {args.long_minutes:g}-minute stereo file with {model_dir.name}: "
                   f"{rss:.2f} GiB (limit 2 GiB; the song itself is {audio_gib:.2f} GiB as float32)")
-        if args.quality:
-            quality(runtimes, args.data_root, args.chunk_seconds, scratch)
+        scores = quality(runtimes, args.data_root, args.chunk_seconds, scratch) if args.quality else {}
+    if args.record:
+        how = records.measurement("-m bench.separate", sys.argv[1:] if argv is None else list(argv))
+        for label, speeds in realtime.items():
+            for runtime, speed in speeds.items():
+                records.record_row("runtime-speed", f"{label}-{runtime}", {
+                    "model": label, "runtime": runtime, "realtime": round(speed, 2),
+                    "ratio": round(speed / speeds["keras-float32"], 2)}, how)
+        for runtime, figures in scores.items():
+            records.record_row("runtime-quality", runtime, figures, how)
+        print("Recorded in docs/results/runtime-speed.json" + (" and runtime-quality.json" if scores else ""))
     return 0
 
 

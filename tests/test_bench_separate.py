@@ -89,3 +89,27 @@ def test_a_peer_is_timed_on_the_same_clip_and_each_config_compared_with_it(capsy
     assert lines[0].startswith(f"Peer: Fake peer (two sources), measured here on the same clip: {speed:.2f}x")
     assert lines[1] == f"  small (onnx-float32): 2.00x realtime = {2 / speed:.2f} x Fake peer (aim: >= 1.5)"
     assert lines[2] == f"  M5 (keras-float32): 0.50x realtime = {0.5 / speed:.2f} x Fake peer"
+
+
+def test_record_writes_each_configs_runtimes_and_the_quality_rows(monkeypatch, tmp_path, capsys):
+    import json
+
+    from bench import records
+
+    for name in ("runtime-speed", "runtime-quality"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"columns": [], "rows": []}))
+    monkeypatch.setattr(records, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "matmul_flops_per_second", lambda: 1e12)
+    monkeypatch.setattr(bench, "speed_rows",
+                        lambda model, runtimes, *args: {"keras-float32": 20.0, "savedmodel-float32": 30.0})
+    scores = {"keras-float32": {"runtime": "keras-float32", "vocals_sdr": 4.2, "vocals_delta": 0.0}}
+    monkeypatch.setattr(bench, "quality", lambda *args: scores)
+    monkeypatch.setitem(sys.modules, "openunmix", None)
+    argv = ["--configs", "small", "--runtimes", "keras-float32", "savedmodel-float32", "--long-minutes", "0",
+            "--quality", "--record"]
+    assert bench.main(argv) == 0
+    speed = json.loads((tmp_path / "runtime-speed.json").read_text())["rows"]
+    assert [(row["key"], row["figures"]["ratio"]) for row in speed] == [
+        ("small-keras-float32", 1.0), ("small-savedmodel-float32", 1.5)]
+    assert speed[0]["measured"]["command"] == "python -m bench.separate " + " ".join(argv)
+    assert json.loads((tmp_path / "runtime-quality.json").read_text())["rows"][0]["figures"] == scores["keras-float32"]
