@@ -61,12 +61,16 @@ def load_track_audio(track) -> tuple[dict, int]:
     return load_track(track, sample_rate), sample_rate
 
 
-def evaluate_track(separator, audio: dict, sample_rate: int, chunk_seconds: float) -> dict:
-    """Scores of the model and of the two no-separation systems on one track, the
-    least-squares gains of the best-gain baseline and the model's SDR gain over it."""
+def evaluate_track(separator, audio: dict, sample_rate: int, chunk_seconds: float, post_filter=None) -> dict:
+    """Scores of the model (its outputs through ``post_filter(mix, estimates)``, if any) and
+    of the two no-separation systems on one track, the least-squares gains of the best-gain
+    baseline and the model's SDR gain over it."""
     references = {source: audio[source] for source in SOURCES}
     best_gain, gains = best_gain_estimates(audio["mixture"], references)
-    estimates = {"model": separate_song(separator, audio["mixture"], sample_rate, chunk_seconds=chunk_seconds),
+    separated = separate_song(separator, audio["mixture"], sample_rate, chunk_seconds=chunk_seconds)
+    if post_filter is not None:
+        separated = post_filter(audio["mixture"], separated)
+    estimates = {"model": separated,
                  "best_gain_baseline": best_gain,
                  "mixture": {source: audio["mixture"] for source in SOURCES}}
     scores = {system: bss_scores(references, estimates[system], sample_rate) for system in SYSTEMS}
@@ -106,7 +110,8 @@ def format_summary(source: str, summary: dict, gain: float) -> str:
             f"(median per track); plain mixture {summary['mixture'][source]['SDR']:.2f} dB")
 
 
-def score_tracks(separator, tracks, chunk_seconds: float, on_scored=None, on_skipped=None) -> tuple[dict, list]:
+def score_tracks(separator, tracks, chunk_seconds: float, on_scored=None, on_skipped=None,
+                 post_filter=None) -> tuple[dict, list]:
     """Scores every track of ``tracks`` (any iterable of dataset tracks, e.g. in a progress
     bar); a track that cannot be read is skipped, the others are still scored. Returns the
     scores by track name and ``{"track", "reason"}`` of each skipped track;
@@ -120,7 +125,7 @@ def score_tracks(separator, tracks, chunk_seconds: float, on_scored=None, on_ski
             if on_skipped is not None:
                 on_skipped(track.name, error)
             continue
-        per_track[track.name] = evaluate_track(separator, audio, sample_rate, chunk_seconds)
+        per_track[track.name] = evaluate_track(separator, audio, sample_rate, chunk_seconds, post_filter)
         if on_scored is not None:
             on_scored(track.name, per_track[track.name])
     return per_track, skipped

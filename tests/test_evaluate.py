@@ -257,3 +257,17 @@ def test_evaluate_records_the_medians_it_printed(tmp_path, monkeypatch):
         scores["median_sdr_gain_over_best_gain_baseline"]["accompaniment"], 2)
     assert row["figures"]["tracks"] == 2 and row["measured"]["command"].startswith("python evaluate.py --model ")
     assert evaluate.main([*argv[:-1], "nosuchrecord:row"]) == 2
+
+
+def test_wiener_scores_the_filtered_outputs(tmp_path):
+    rng = np.random.default_rng(1)
+    write_song(tmp_path / "data" / "test" / "one", rng)
+    run_dir = make_run_dir(tmp_path / "run")
+    common = ["--model", str(run_dir), "--dataset", "folder", "--data-root", str(tmp_path / "data")]
+    assert evaluate.main([*common, "--json", str(tmp_path / "plain.json")]) == 0
+    assert evaluate.main([*common, "--json", str(tmp_path / "wiener.json"), "--wiener", "1"]) == 0
+    plain, wiener = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "wiener"))
+    assert plain["post_filter"] is None and "1 EM iteration" in wiener["post_filter"]
+    # The same separation, filtered: the model's scores change, the baselines do not.
+    assert wiener["median"]["best_gain_baseline"] == plain["median"]["best_gain_baseline"]
+    assert wiener["median"]["model"]["vocals"]["SDR"] != plain["median"]["model"]["vocals"]["SDR"]
