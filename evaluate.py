@@ -28,16 +28,9 @@ from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
 from runtime.chunking import positive_seconds  # noqa: E402
 from runtime.loading import load_separator  # noqa: E402
-from runtime.wiener import WienerSettings, wiener_filter  # noqa: E402
+from runtime.wiener import WienerSettings, em_iterations, wiener_filter  # noqa: E402
 from runtime.scoring import default_json_path, format_header, format_row, format_summary, score_tracks, \
     summary  # noqa: E402
-
-
-def iterations(text: str) -> int:
-    """argparse type of --wiener: a whole number of EM iterations, 0 or more."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number of iterations, 0 or more, not {text!r}")
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation-<name>-<dataset>-<split>.json in the current folder, <name> naming the export: "
                         "x-1 for export/x/1, x-1-onnx for export/x/1/model.onnx. An exported version folder is "
                         "never written to: a model server watches it)")
-    parser.add_argument("--wiener", type=iterations, default=0, metavar="N",
+    parser.add_argument("--wiener", type=em_iterations, default=0, metavar="N",
                         help="refine the model's outputs with N EM iterations of the multichannel Wiener filter "
                              "(Open-Unmix's, through norbert; 0: off, the default)")
     parser.add_argument("--wiener-fft", type=int, default=4096, choices=[1024, 2048, 4096, 8192],

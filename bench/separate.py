@@ -67,7 +67,9 @@ from runtime.chunking import positive_seconds, separate_song  # noqa: E402
 from runtime.export import ONNX_FILE, export_run  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL, load_separator  # noqa: E402
 from runtime.run_directory import RunConfig, RunDirectory  # noqa: E402
+from runtime.resampling import resample  # noqa: E402
 from runtime.separator import Separator  # noqa: E402
+from runtime.wiener import WienerSettings, em_iterations, wiener_filter  # noqa: E402
 
 WAVEUNET = ARCHITECTURES["waveunet"]
 
@@ -350,6 +352,28 @@ def measure_peer(peer: Peer, clip: np.ndarray, repeats: int) -> float:
     return len(clip) / CLIP_RATE / min(seconds)
 
 
+def post_filter_rows(model: BenchModel, model_speed: float, clip: np.ndarray, chunk_seconds: float,
+                     iterations: list, repeats: int, scratch: Path) -> None:
+    """The Wiener post-filter's cost at the model's rate (where a separator would run it): the
+    filter alone in x realtime (best of ``repeats``) and the model followed by it as a fraction
+    of the model's own Keras float32 speed."""
+    separator = load_separator(save_random_run(model, scratch / "post-filter-run"))
+    rate = separator.sample_rate
+    mix = resample(clip, CLIP_RATE, rate)
+    estimates = separate_song(separator, mix, rate, chunk_seconds)
+    for count in iterations:
+        settings = WienerSettings(count)
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            wiener_filter(mix, estimates, settings)
+            seconds.append(time.perf_counter() - start)
+        speed = len(clip) / CLIP_RATE / min(seconds)
+        together = 1 / (1 / model_speed + 1 / speed)
+        print(f"Post-filter: {settings.describe()} at {rate} Hz: {speed:.1f}x realtime alone; {model.label} "
+              f"(Keras float32) with it {together:.1f}x realtime, {together / model_speed:.2f} of the model alone")
+
+
 def peer_rows(realtime: dict, clip: np.ndarray, repeats: int, find_peer=open_unmix_umxhq) -> float | None:
     """Times the peer on the clip and prints each config's fastest runtime as a multiple of it; where the
     peer is not installed, prints that no peer figure is printed. Returns the peer's x realtime, or None."""
@@ -474,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score the shipped model in each runtime on the MUSDB18 validation previews")
     parser.add_argument("--data-root", type=Path, default=PREVIEWS,
                         help=f"MUSDB18 root for --quality (default: {PREVIEWS}; skipped where absent)")
+    parser.add_argument("--wiener", type=em_iterations, nargs="+", default=[], metavar="N",
+                        help="also time the Wiener post-filter with N EM iterations (each given) on the first "
+                             "config's outputs at its rate, alone and after the model")
     parser.add_argument("--record", action="store_true",
                         help="also put the speed rows into docs/results/runtime-speed.json (row CONFIG-RUNTIME) and, "
                              "with --quality, the SDR rows into runtime-quality.json (row RUNTIME), with this command "
@@ -499,6 +526,10 @@ def main(argv=None) -> int:
         realtime = {model.label: speed_rows(model, runtimes, clip, args.chunk_seconds, args.repeats, peak, scratch)
                     for model in args.configs}
         peer_rows(realtime, clip, args.repeats)
+        if args.wiener:
+            first = args.configs[0]
+            post_filter_rows(first, realtime[first.label]["keras-float32"], clip, args.chunk_seconds, args.wiener,
+                             args.repeats, scratch)
 
         if args.long_minutes == 0:
             print("Peak RSS: memory test skipped (--long-minutes 0)")

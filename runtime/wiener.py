@@ -8,6 +8,7 @@ runs on a whole song in memory; not yet in separate.py's chunked path, the page 
 exported graph."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import librosa
@@ -26,6 +27,13 @@ class WienerSettings:
     def describe(self) -> str:
         return (f"Wiener post-filter: {self.iterations} EM iteration(s), {self.n_fft}-point STFT, "
                 f"{'soft mask' if self.soft_mask else 'magnitudes with the mixture phase'}")
+
+
+def em_iterations(text: str) -> int:
+    """argparse type of --wiener: a whole number of EM iterations, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of iterations, 0 or more, not {text!r}")
+    return int(text)
 
 
 def _stft(audio: np.ndarray, n_fft: int) -> np.ndarray:

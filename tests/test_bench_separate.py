@@ -113,3 +113,17 @@ def test_record_writes_each_configs_runtimes_and_the_quality_rows(monkeypatch, t
         ("small-keras-float32", 1.0), ("small-savedmodel-float32", 1.5)]
     assert speed[0]["measured"]["command"] == "python -m bench.separate " + " ".join(argv)
     assert json.loads((tmp_path / "runtime-quality.json").read_text())["rows"][0]["figures"] == scores["keras-float32"]
+
+
+def test_the_post_filter_is_timed_alone_and_after_the_model(tmp_path, capsys):
+    clip = np.random.default_rng(0).uniform(-0.3, 0.3, (2 * bench.CLIP_RATE, 2)).astype(np.float32)
+    bench.post_filter_rows(bench.BenchModel.parse("small"), 10.0, clip, 30.0, [1, 2], 1, tmp_path)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Post-filter:")]
+    assert len(lines) == 2 and "1 EM iteration(s)" in lines[0] and "2 EM iteration(s)" in lines[1]
+    for line in lines:
+        alone = float(line.split("22050 Hz: ")[1].split("x realtime alone")[0])
+        together = float(line.split("with it ")[1].split("x realtime")[0])
+        assert together == pytest.approx(1 / (1 / 10.0 + 1 / alone), abs=0.06)
+        assert float(line.split(", ")[-1].split(" of")[0]) == pytest.approx(together / 10.0, abs=0.01)
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--wiener", "-1"])
