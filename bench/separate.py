@@ -353,7 +353,7 @@ def measure_peer(peer: Peer, clip: np.ndarray, repeats: int) -> float:
 
 
 def post_filter_rows(model: BenchModel, model_speed: float, clip: np.ndarray, chunk_seconds: float,
-                     iterations: list, repeats: int, scratch: Path) -> None:
+                     iterations: list, soft_mask: bool, repeats: int, scratch: Path) -> None:
     """The Wiener post-filter's cost at the model's rate (where a separator would run it): the
     filter alone in x realtime (best of ``repeats``) and the model followed by it as a fraction
     of the model's own Keras float32 speed."""
@@ -362,7 +362,7 @@ def post_filter_rows(model: BenchModel, model_speed: float, clip: np.ndarray, ch
     mix = resample(clip, CLIP_RATE, rate)
     estimates = separate_song(separator, mix, rate, chunk_seconds)
     for count in iterations:
-        settings = WienerSettings(count)
+        settings = WienerSettings(count, soft_mask=soft_mask)
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -501,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wiener", type=em_iterations, nargs="+", default=[], metavar="N",
                         help="also time the Wiener post-filter with N EM iterations (each given) on the first "
                              "config's outputs at its rate, alone and after the model")
+    parser.add_argument("--wiener-soft-mask", action="store_true",
+                        help="--wiener starts from a power-2 soft mask of the mixture (as evaluate.py's flag)")
     parser.add_argument("--record", action="store_true",
                         help="also put the speed rows into docs/results/runtime-speed.json (row CONFIG-RUNTIME) and, "
                              "with --quality, the SDR rows into runtime-quality.json (row RUNTIME), with this command "
@@ -529,7 +531,7 @@ def main(argv=None) -> int:
         if args.wiener:
             first = args.configs[0]
             post_filter_rows(first, realtime[first.label]["keras-float32"], clip, args.chunk_seconds, args.wiener,
-                             args.repeats, scratch)
+                             args.wiener_soft_mask, args.repeats, scratch)
 
         if args.long_minutes == 0:
             print("Peak RSS: memory test skipped (--long-minutes 0)")

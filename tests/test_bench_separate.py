@@ -117,7 +117,7 @@ def test_record_writes_each_configs_runtimes_and_the_quality_rows(monkeypatch, t
 
 def test_the_post_filter_is_timed_alone_and_after_the_model(tmp_path, capsys):
     clip = np.random.default_rng(0).uniform(-0.3, 0.3, (2 * bench.CLIP_RATE, 2)).astype(np.float32)
-    bench.post_filter_rows(bench.BenchModel.parse("small"), 10.0, clip, 30.0, [1, 2], 1, tmp_path)
+    bench.post_filter_rows(bench.BenchModel.parse("small"), 10.0, clip, 30.0, [1, 2], False, 1, tmp_path)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Post-filter:")]
     assert len(lines) == 2 and "1 EM iteration(s)" in lines[0] and "2 EM iteration(s)" in lines[1]
     for line in lines:
