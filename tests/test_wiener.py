@@ -1,6 +1,7 @@
-"""runtime/wiener.py: the Wiener post-filter keeps sources it is given exactly when they do
-not overlap in time-frequency, brings leaky estimates closer to the truth, and keeps
-every shape; evaluate.py --wiener scores the filtered outputs."""
+"""runtime/wiener.py: the Wiener post-filter keeps sources that do not overlap in
+time-frequency (exactly with a mask alone, within norbert's regularisation with EM), brings
+leaky estimates closer to the truth, and keeps every shape (evaluate.py --wiener:
+tests/test_evaluate.py)."""
 import numpy as np
 import pytest
 
