@@ -237,19 +237,31 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-class WavWriter:
-    """Writes a WAV file block by block, atomically: the file appears under its
-    name only when complete; on an exception the partial file is removed.
+def creation_mode() -> int:
+    """The mode a new file gets from ``open()`` under the process's umask (0644 under
+    the usual 022): what an output should have, not a temporary file's 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
-    PCM_16 clips to [-1, 1]; ``subtype="FLOAT"`` keeps values beyond it."""
+
+class WavWriter:
+    """Writes a WAV (or, for a ``.flac`` path, FLAC) file block by block, atomically:
+    the file appears under its name only when complete, with the mode the user's
+    umask gives new files; on an exception the partial file is removed.
+
+    PCM_16 clips to [-1, 1]; ``subtype="FLOAT"`` keeps values beyond it (WAV only)."""
 
     def __init__(self, path, sample_rate: int, channels: int, subtype: str = "PCM_16"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, self.temporary = tempfile.mkstemp(suffix=".wav", dir=self.path.parent, prefix=f".{self.path.stem}.")
+        container = "FLAC" if self.path.suffix.lower() == ".flac" else "WAV"
+        descriptor, self.temporary = tempfile.mkstemp(suffix=self.path.suffix or ".wav", dir=self.path.parent,
+                                                      prefix=f".{self.path.stem}.")
+        os.fchmod(descriptor, creation_mode())
         os.close(descriptor)
         self.clip = subtype.startswith("PCM")
-        self.file = sf.SoundFile(self.temporary, "w", sample_rate, channels, subtype=subtype, format="WAV")
+        self.file = sf.SoundFile(self.temporary, "w", sample_rate, channels, subtype=subtype, format=container)
 
     def write(self, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float32)
@@ -267,7 +279,7 @@ class WavWriter:
 
 
 def write_wav(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
-    """Writes ``[time, channels]`` audio atomically (see ``WavWriter``)."""
+    """Writes ``[time, channels]`` audio atomically (see ``WavWriter``; FLAC for a ``.flac`` path)."""
     with WavWriter(path, sample_rate, np.shape(audio)[1], subtype) as writer:
         writer.write(audio)
 

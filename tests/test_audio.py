@@ -1,4 +1,7 @@
 """Audio I/O: every format decodes, every bad input raises AudioError naming the file."""
+import os
+import stat
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -54,6 +57,20 @@ def test_write_wav_round_trips_and_is_atomic(tmp_path):
     audio, rate = load_audio(path)
     np.testing.assert_array_equal(audio, tone())
     assert [p.name for p in path.parent.iterdir()] == ["x.wav"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_audio_gets_the_users_umask_not_a_temporary_files_mode(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_wav(tmp_path / "x.wav", tone(), RATE)
+        write_wav(tmp_path / "x.flac", tone(), RATE)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "x.wav").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "x.flac").stat().st_mode) == mode
+    assert sf.info(tmp_path / "x.flac").format == "FLAC"
+    np.testing.assert_allclose(load_audio(tmp_path / "x.flac")[0], tone(), atol=1 / 32768)
 
 
 def write_truncated_wav(path):
