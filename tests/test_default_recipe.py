@@ -2,7 +2,7 @@
 python train.py --arch waveunet, then evaluate.py on the synthetic test split and on
 the real MUSDB18 sample songs. The margins are over the best no-separation baseline
 (the mixture times its per-track least-squares gain), set a little under what the
-recipe measured (see the README), so they fail if it stops separating."""
+recipe measured (see docs/benchmarks.md), so they fail if it stops separating."""
 import json
 import os
 import subprocess
