@@ -116,11 +116,13 @@ class SongSeparation:
     length, and the outputs end with exactly as many samples as were pushed. The
     song is resampled to the model's rate and the sources back by the one
     resampling rule, the exported graph's too (``runtime.resampling``, streamed:
-    identical to resampling the whole song). What that round trip loses goes to the
-    accompaniment: for a lower-rate model the band above its Nyquist frequency,
-    which it never hears, and the band edge below it; for a higher-rate one the
-    input's band edge. So the outputs keep the input's full bandwidth, and a
-    difference-output model's sources add up to the input."""
+    identical to resampling the whole song); the accompaniment is the input plus
+    what the model added to its input, resampled back. So what the round trip
+    through the model's rate loses goes to the accompaniment: for a lower-rate
+    model the band above its Nyquist frequency, which it never hears, and the band
+    edge below it; for a higher-rate one the input's band edge. So the outputs keep
+    the input's full bandwidth, and a difference-output model's sources add up to
+    the input."""
 
     def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
                  progress=None, *, chunk_output_length: int | None = None, resample_stream=ResampleStream,
@@ -142,28 +144,28 @@ class SongSeparation:
 
         if self.resampled:
             self.to_model = stream(sample_rate, model_rate)
-            self.to_input = {source: stream(model_rate, sample_rate) for source in SOURCES}
-            self.round_trip = stream(model_rate, sample_rate)  # the input as the model gets it, back at its rate
-            self.input_awaiting_round_trip = SampleFifo(channels)
-            self.round_trip_loss = SampleFifo(channels)  # input minus its round trip, waiting for the accompaniment
+            # vocals and (accompaniment - model input) side by side: one resampling back for both
+            self.back = resample_stream(model_rate, sample_rate, 2 * channels)
+            self.model_input_awaiting_estimates = SampleFifo(channels)
+            self.input_awaiting_back = SampleFifo(channels)
 
     def push(self, block: np.ndarray, last: bool = False) -> dict:
         block = np.asarray(block, np.float32)
         if not self.resampled:
             return self.runner.push(block, last=last)
         model_input = self.to_model.resample_chunk(block, last=last)
-        self.input_awaiting_round_trip.push(block)
-        round_trip = self.round_trip.resample_chunk(model_input, last=last)
-        if last:  # the round trip may end a sample short of the input or beyond it
-            round_trip = fit_length(round_trip, len(self.input_awaiting_round_trip.data))
-        self.round_trip_loss.push(self.input_awaiting_round_trip.pop(len(round_trip)) - round_trip)
-        estimates = {s: self.to_input[s].resample_chunk(e, last=last)
-                     for s, e in self.runner.push(model_input, last=last).items()}
-        if last:  # the same rounding as the round trip: end exactly where the input ends
-            estimates = {s: fit_length(e, len(self.round_trip_loss.data)) for s, e in estimates.items()}
-        # Both paths resample the same model-rate samples, the sources later: the loss is always ready first.
-        estimates["accompaniment"] += self.round_trip_loss.pop(len(estimates["accompaniment"]))
-        return estimates
+        self.input_awaiting_back.push(block)
+        self.model_input_awaiting_estimates.push(model_input)
+        estimates = self.runner.push(model_input, last=last)
+        # The accompaniment is the input plus what the model added to its input, resampled
+        # back: what the round trip through the model's rate loses (the band above its
+        # Nyquist frequency, the band edge) stays in the accompaniment.
+        added = estimates["accompaniment"] - self.model_input_awaiting_estimates.pop(len(estimates["accompaniment"]))
+        back = self.back.resample_chunk(np.concatenate([estimates["vocals"], added], axis=1), last=last)
+        if last:  # the resampling back may end a sample short of the input or beyond it
+            back = fit_length(back, len(self.input_awaiting_back.data))
+        channels = block.shape[1]
+        return {"vocals": back[:, :channels], "accompaniment": self.input_awaiting_back.pop(len(back)) + back[:, channels:]}
 
 
 def separate_song(separator: Separator, audio: np.ndarray, sample_rate: int, chunk_seconds: float = 30.0,

@@ -10,30 +10,38 @@ the model the same samples and the accompaniment the same round-trip remainder.
 The rule: a band-limited FFT resampler, applied in windows so that a song of any
 length streams through it in bounded memory.
 
-- The song is cut into windows of ``SEGMENT_SECONDS`` + 2 x ``CONTEXT_SECONDS``
-  seconds, ``SEGMENT_SECONDS`` apart, the first starting ``CONTEXT_SECONDS`` before
-  the song (silence there and after the song's end).
-- Each window goes through an FFT at the input rate, its spectrum is cut or
-  zero-extended to the output rate's bins, and an inverse FFT at the output rate
-  gives the window at that rate; the centre ``SEGMENT_SECONDS`` are kept. Windows
-  are whole seconds long, so both lengths are exact multiples of their rates (no
-  time stretch, for any pair of integer rates).
+- Window lengths come from the rates' greatest common divisor g: a window is W
+  "units" of from_rate/g input samples, which are to_rate/g output samples, so
+  both lengths are exact (no time stretch, for any pair of integer rates). W is
+  the smallest power of two of at least ``MIN_WINDOW_SECONDS`` (W/g seconds), so
+  the FFT lengths are powers of two times the rates' odd parts: between 44.1 and
+  22.05 kHz, 2**19 and 2**18 samples (11.9 s), the fastest lengths an FFT has.
+- Each window keeps its centre: W/``CONTEXT_DIVISOR`` units of context on both
+  sides (0.74 s at 44.1 kHz), the kept segments tiling the output, the first
+  window starting one context before the song (silence there and after its end).
+- Each window goes through a single-precision FFT at the input rate, its spectrum
+  is cut or zero-extended to the output rate's bins, and an inverse FFT at the
+  output rate gives the window at that rate.
 - The spectrum is weighted by a raised-cosine band edge: 1 up to ``1 - ROLLOFF`` of
   the lower rate's Nyquist frequency, falling to 0 at it. A smooth edge makes the
-  resampler's impulse response decay as 1/t**3, so the window edges
-  (``CONTEXT_SECONDS`` away from every kept sample) do not show: against a resampler
-  over the whole song, the difference is at float rounding. A brick-wall edge would
-  leak about 1/t and show there.
+  resampler's impulse response decay as 1/t**3, so the window edges (at least
+  0.6 s from every kept sample) do not show: against a resampler over the whole
+  song, the difference is at float rounding. A brick-wall edge would leak about
+  1/t and show there.
 - Equal rates are left alone.
 
 The output has ``ceil(length * to_rate / from_rate)`` samples.
 """
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from math import gcd
 
-SEGMENT_SECONDS = 8  # kept per window
-CONTEXT_SECONDS = 1  # on both sides of the kept part
+import numpy as np
+import scipy.fft
+
+MIN_WINDOW_SECONDS = 10
+CONTEXT_DIVISOR = 16  # context on each side: 1/16 of the window (the kept segment is 7/8 of it)
 ROLLOFF = 0.05  # the band edge's width, as a fraction of the lower rate's Nyquist frequency
 
 
@@ -50,16 +58,52 @@ def band_gain(frequencies: np.ndarray, from_rate: int, to_rate: int) -> np.ndarr
     return 0.5 + 0.5 * np.cos(np.pi * position)
 
 
-def resample_window(window: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """A whole window ``[SEGMENT_SECONDS + 2 * CONTEXT_SECONDS seconds at from_rate,
-    channels]`` at ``to_rate``, all of it (the caller keeps its centre)."""
-    seconds = SEGMENT_SECONDS + 2 * CONTEXT_SECONDS
-    spectrum = np.fft.rfft(window, axis=0)
-    bins = seconds * to_rate // 2 + 1
-    kept = min(len(spectrum), bins)
-    weighted = np.zeros((bins, window.shape[1]), spectrum.dtype)
-    weighted[:kept] = spectrum[:kept] * band_gain(np.arange(kept) / seconds, from_rate, to_rate)[:, None]
-    return (np.fft.irfft(weighted, n=seconds * to_rate, axis=0) * (to_rate / from_rate)).astype(np.float32)
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of the rule between two rates (``resample_tf`` computes the same in TF)."""
+    from_rate: int
+    to_rate: int
+    divisor: int  # gcd of the rates: one unit is from_rate/divisor input, to_rate/divisor output samples
+    units: int  # a window, in units: a power of two
+
+    @classmethod
+    def between(cls, from_rate: int, to_rate: int) -> "WindowPlan":
+        divisor = gcd(int(from_rate), int(to_rate))
+        units = 1
+        while units < MIN_WINDOW_SECONDS * divisor:
+            units *= 2
+        return cls(int(from_rate), int(to_rate), divisor, units)
+
+    @property
+    def context_units(self) -> int:
+        return self.units // CONTEXT_DIVISOR
+
+    def input_samples(self, units: int) -> int:
+        return units * (self.from_rate // self.divisor)
+
+    def output_samples(self, units: int) -> int:
+        return units * (self.to_rate // self.divisor)
+
+    @property
+    def segment_units(self) -> int:
+        return self.units - 2 * self.context_units
+
+    def gain(self) -> np.ndarray:
+        """float32 weight of each input bin that reaches the output (with the rates' ratio,
+        which keeps amplitudes): the band edge at the bins' frequencies, k * divisor / units Hz."""
+        bins = min(self.input_samples(self.units), self.output_samples(self.units)) // 2 + 1
+        frequencies = np.arange(bins) * (self.divisor / self.units)
+        return (band_gain(frequencies, self.from_rate, self.to_rate) * (self.to_rate / self.from_rate)).astype(np.float32)
+
+
+def resample_window(window: np.ndarray, plan: WindowPlan, gain: np.ndarray) -> np.ndarray:
+    """A whole window ``[plan.input_samples(plan.units), channels]`` at the output rate,
+    all of it (the caller keeps its centre); ``gain`` is ``plan.gain()``."""
+    spectrum = scipy.fft.rfft(window, axis=0)  # float32 in, complex64 out
+    bins = plan.output_samples(plan.units) // 2 + 1
+    weighted = np.zeros((bins, window.shape[1]), np.complex64)
+    weighted[:len(gain)] = spectrum[:len(gain)] * gain[:, None]
+    return scipy.fft.irfft(weighted, n=plan.output_samples(plan.units), axis=0)
 
 
 class _BufferedResampler:
@@ -83,19 +127,22 @@ class ResampleStream(_BufferedResampler):
 
     def __init__(self, from_rate: int, to_rate: int, channels: int):
         self.from_rate, self.to_rate = int(from_rate), int(to_rate)
-        self.buffer = np.zeros((CONTEXT_SECONDS * self.from_rate, channels), np.float32)
+        self.plan = WindowPlan.between(self.from_rate, self.to_rate)
+        self.gain = self.plan.gain()
+        self.buffer = np.zeros((self.plan.input_samples(self.plan.context_units), channels), np.float32)
         self.received = self.emitted = 0
 
     def _segment(self) -> np.ndarray:
-        window_length = (SEGMENT_SECONDS + 2 * CONTEXT_SECONDS) * self.from_rate
+        plan = self.plan
+        window_length = plan.input_samples(plan.units)
         window = self.buffer[:window_length]
         window = np.pad(window, [(0, window_length - len(window)), (0, 0)])
-        start = CONTEXT_SECONDS * self.to_rate
-        self.buffer = self.buffer[SEGMENT_SECONDS * self.from_rate:]
-        return resample_window(window, self.from_rate, self.to_rate)[start:start + SEGMENT_SECONDS * self.to_rate]
+        start = plan.output_samples(plan.context_units)
+        self.buffer = self.buffer[plan.input_samples(plan.segment_units):]
+        return resample_window(window, plan, self.gain)[start:start + plan.output_samples(plan.segment_units)]
 
     def _ready(self, last: bool) -> np.ndarray:
-        window_length = (SEGMENT_SECONDS + 2 * CONTEXT_SECONDS) * self.from_rate
+        window_length = self.plan.input_samples(self.plan.units)
         pieces = []
         while len(self.buffer) >= window_length:
             pieces.append(self._segment())
@@ -151,8 +198,6 @@ class LiveResampleStream(_BufferedResampler):
     waits for whole 8-second segments). Equal rates pass through."""
 
     def __init__(self, from_rate: int, to_rate: int, channels: int):
-        from math import gcd
-
         self.from_rate, self.to_rate = int(from_rate), int(to_rate)
         edge_width = ROLLOFF * min(self.from_rate, self.to_rate) / 2
         self.half_taps = int(np.ceil(LIVE_HALF_WIDTH_EDGE_PERIODS / edge_width * self.from_rate))

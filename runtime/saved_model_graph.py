@@ -60,27 +60,37 @@ def _band_gain(frequencies, from_rate, to_rate):
     return 0.5 + 0.5 * tf.cos(np.pi * position)
 
 
+def _window_plan(from_rate, to_rate):
+    """``resampling.WindowPlan.between`` for run-time rates: (divisor, units)."""
+    divisor, _ = tf.while_loop(lambda a, b: b > 0, lambda a, b: (b, a % b), (from_rate, to_rate))
+    (units,) = tf.while_loop(lambda u: u < resampling.MIN_WINDOW_SECONDS * divisor, lambda u: (u * 2,),
+                             (tf.constant(1),))
+    return divisor, units
+
+
 def _fft_resample(signal, from_rate, to_rate):
-    segment, context = resampling.SEGMENT_SECONDS, resampling.CONTEXT_SECONDS
-    seconds = segment + 2 * context
+    divisor, units = _window_plan(from_rate, to_rate)
+    unit_in, unit_out = from_rate // divisor, to_rate // divisor
+    context = units // resampling.CONTEXT_DIVISOR
+    segment = units - 2 * context
     length = tf.shape(signal)[0]
     # In int64: length * to_rate passes 2**31 for songs of a few seconds.
     out_length = tf.cast((tf.cast(length, tf.int64) * tf.cast(to_rate, tf.int64) + tf.cast(from_rate, tf.int64) - 1)
                          // tf.cast(from_rate, tf.int64), tf.int32)
     # As many windows as the kept segments need to cover the output (one for an empty song).
-    windows = tf.maximum((out_length + segment * to_rate - 1) // (segment * to_rate), 1)
-    padded_length = (windows * segment + 2 * context) * from_rate
-    padded = tf.pad(signal, [[context * from_rate, padded_length - context * from_rate - length], [0, 0]])
-    framed = tf.signal.frame(padded, seconds * from_rate, segment * from_rate, axis=0)  # [windows, time, channels]
+    windows = tf.maximum((out_length + segment * unit_out - 1) // (segment * unit_out), 1)
+    padded_length = (windows * segment + 2 * context) * unit_in
+    padded = tf.pad(signal, [[context * unit_in, padded_length - context * unit_in - length], [0, 0]])
+    framed = tf.signal.frame(padded, units * unit_in, segment * unit_in, axis=0)  # [windows, time, channels]
     spectrum = tf.signal.rfft(tf.transpose(framed, [0, 2, 1]))
-    bins_out = seconds * to_rate // 2 + 1
+    bins_out = units * unit_out // 2 + 1
     kept = tf.minimum(tf.shape(spectrum)[2], bins_out)
-    gain = _band_gain(tf.cast(tf.range(kept), tf.float64) / seconds, from_rate, to_rate)
+    frequencies = tf.cast(tf.range(kept), tf.float64) * (tf.cast(divisor, tf.float64) / tf.cast(units, tf.float64))
+    gain = _band_gain(frequencies, from_rate, to_rate) * (tf.cast(to_rate, tf.float64) / tf.cast(from_rate, tf.float64))
     spectrum = spectrum[:, :, :kept] * tf.cast(gain, tf.complex64)
     spectrum = tf.pad(spectrum, [[0, 0], [0, 0], [0, bins_out - kept]])
-    resampled = tf.signal.irfft(spectrum, fft_length=[seconds * to_rate])
-    resampled *= tf.cast(to_rate, tf.float32) / tf.cast(from_rate, tf.float32)
-    centres = tf.transpose(resampled[:, :, context * to_rate:(context + segment) * to_rate], [0, 2, 1])
+    resampled = tf.signal.irfft(spectrum, fft_length=[units * unit_out])
+    centres = tf.transpose(resampled[:, :, context * unit_out:(context + segment) * unit_out], [0, 2, 1])
     channels = signal.shape[1] if signal.shape[1] is not None else tf.shape(signal)[1]
     return tf.reshape(centres, [-1, channels])[:out_length]
 
@@ -175,12 +185,12 @@ class SeparationModule(tf.Module):
         ]):
             audio = tf.identity(audio)
         model_input = resample_tf(audio, rate, self.sample_rate)
-        # What the round trip through the model's rate loses (the band above its
-        # Nyquist frequency) goes to the accompaniment, so the sources add up to the input.
-        round_trip_loss = audio - resample_tf(model_input, self.sample_rate, rate)[:length]
         vocals, accompaniment = self._separate_in_input_channels(model_input)
-        vocals = resample_tf(vocals, self.sample_rate, rate)[:length]
-        accompaniment = resample_tf(accompaniment, self.sample_rate, rate)[:length] + round_trip_loss
+        # As runtime.chunking.SongSeparation: the accompaniment is the input plus what the
+        # model added to its input, resampled back (one resampling for both sources), so
+        # what the round trip through the model's rate loses goes to the accompaniment.
+        back = resample_tf(tf.concat([vocals, accompaniment - model_input], axis=1), self.sample_rate, rate)[:length]
+        vocals, accompaniment = back[:, :channels], audio + back[:, channels:]
         return (tf.audio.encode_wav(tf.clip_by_value(vocals, -1.0, 1.0), rate),
                 tf.audio.encode_wav(tf.clip_by_value(accompaniment, -1.0, 1.0), rate))
 

@@ -83,7 +83,7 @@ class StreamSeparation:
         plan = self.song.plan
         runner_delay = self.song.runner.delay  # model samples
         if self.song.resampled:
-            into, back = self.song.to_model, self.song.to_input["vocals"]
+            into, back = self.song.to_model, self.song.back
             self.delay_samples = math.ceil(into.half_taps + (runner_delay + back.half_taps) * sample_rate / model_rate)
         else:
             self.delay_samples = runner_delay
