@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score a training example whose target is empty above HZ only below HZ, so songs "
                              "recorded at a lower rate (MIR-1K: 16 kHz, use 8000) do not teach that nothing up "
                              "there is voice (Wave-U-Net; default: off)")
+    parser.add_argument("--cross-dataset-probability", type=float, metavar="P",
+                        help="with several datasets: the chance that a training example's accompaniment is a "
+                             "random crop of a song of another dataset of the mix (drawn by --mix-weights "
+                             "among the others), e.g. MIR-1K vocals over a MUSDB18 accompaniment; otherwise "
+                             "the cross-song remix inside its own dataset applies as usual (default: 0, off)")
     parser.add_argument("--model-set", dest="model_settings", action="append", type=model_setting,
                         metavar="FIELD=VALUE", help="change one field of the named --config before training, "
                         "e.g. --model-set num_initial_filters=24 --model-set sample_rate=16000 (fields: "
@@ -133,6 +138,8 @@ def parse_args(argv=None):
         parser.error("--learning-rate must be positive")
     if args.pitch_shift_semitones is not None and not 0 <= args.pitch_shift_semitones <= 12:
         parser.error("--pitch-shift must lie in [0, 12] semitones")
+    if args.cross_dataset_probability is not None and not 0 <= args.cross_dataset_probability <= 1:
+        parser.error("--cross-dataset-probability must lie in [0, 1]")
     if args.ema_momentum is not None and not 0 < args.ema_momentum < 1:
         parser.error("--ema must lie strictly between 0 and 1")
     return args

@@ -8,7 +8,13 @@ remix draws newA = B*f0 + C*f1 with f0, f1 ~ U[0.7, 1.0] and scales the labels
 the same way, so mix = vocals + accompaniment still holds exactly. The
 cross-song remix (drawing C from another song, done while cropping, in
 ``pipeline.make_dataset`` and ``numpy_loader.TrainingLoader``) makes mixes no
-recording holds, multiplying the mixes a small dataset offers.
+recording holds, multiplying the mixes a small dataset offers. With several
+datasets mixed into the batches (``pipeline.make_mixed_dataset``,
+``numpy_loader.MixedTrainingLoader``) the cross-dataset remix goes further: an
+example's accompaniment may be a crop of a song of *another* dataset (e.g.
+MIR-1K vocals over a MUSDB18 accompaniment), so vocals and accompaniment come
+from different songs and datasets; each example's origin (dataset and song of
+each source) can be read back for checking (``with_origin``).
 
 TensorFlow is imported inside the tf.data functions only, so that hosts without
 it (``KERAS_BACKEND=jax``) can import the options and the numpy function.
@@ -25,6 +31,10 @@ class AugmentOptions:
     gain_range: tuple[float, float] | None = (0.7, 1.0)  # None disables the remix
     # Chance that an example's accompaniment is a random crop of another song; 0 disables.
     cross_song_probability: float = 0.5
+    # With several datasets: chance that an example's accompaniment is a random crop of a song of
+    # another dataset (the dataset drawn by the mix weights among the others), decided before and
+    # instead of the cross-song remix; 0 disables (the default).
+    cross_dataset_probability: float = 0.0
     swap_channels: bool = True
     # UMT's augmentation: shift a random segment in pitch (of both sources together, so the mix
     # stays their sum; UMT, an autoencoder, shifts its input only).
@@ -34,6 +44,8 @@ class AugmentOptions:
     def __post_init__(self):
         if not 0 <= self.cross_song_probability <= 1:
             raise ValueError(f"cross_song_probability must lie in [0, 1], not {self.cross_song_probability}")
+        if not 0 <= self.cross_dataset_probability <= 1:
+            raise ValueError(f"cross_dataset_probability must lie in [0, 1], not {self.cross_dataset_probability}")
 
 
 def remix(vocals, accompaniment, seed, gain_range=(0.7, 1.0)):

@@ -11,8 +11,11 @@ stereo swap, pitch shift). ``ValidationLoader`` gives what
 ``make_dataset(training=False)`` gives: consecutive unaugmented windows whose
 outputs tile every song. ``MixedTrainingLoader`` gives what
 ``make_mixed_dataset`` gives: each example from one of several groups of songs,
-drawn by weight, each group a ``TrainingLoader`` stream of its own. Same
-parameters and invariants as tf.data, not the same random numbers.
+drawn by weight, each group a ``TrainingLoader`` stream of its own, and the
+cross-dataset remix (an accompaniment from a song of another group). Same
+parameters and invariants as tf.data, not the same random numbers. Each
+example's origin (group and track of its vocals and of its accompaniment) can
+be read back with ``batch_with_origin``.
 
 Every example is a pure function of the seed and its place in the endless
 stream of examples, so a batch depends only on (seed, epoch, batch index): the
@@ -35,8 +38,9 @@ from data_pipeline.crops import CropSpec
 from data_pipeline.datasets import Track, load_track
 from models.architecture import SOURCES
 
-# First entropy word after the seed: keeps the song-order, crop, group-choice and group-seed random streams apart.
-_SONG_ORDER, _CROP, _GROUP_CHOICE, _GROUP_SEED = 0, 1, 2, 3
+# First entropy word after the seed: keeps the song-order, crop, group-choice, group-seed and cross-dataset
+# random streams apart.
+_SONG_ORDER, _CROP, _GROUP_CHOICE, _GROUP_SEED, _CROSS_DATASET = 0, 1, 2, 3, 4
 # Group choices drawn per generator: enough that a batch rarely spans two, few enough to draw per batch.
 _CHOICE_BLOCK = 4096
 
@@ -111,9 +115,14 @@ def _centre(window: np.ndarray, crop: CropSpec) -> np.ndarray:
 
 
 def _batch(examples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``[(mix, vocals, accompaniment), ...]`` -> ``(mixes, {source: targets})``."""
-    mixes, *targets = (np.stack(column) for column in zip(*examples))
+    """``[(mix, vocals, accompaniment[, origin]), ...]`` -> ``(mixes, {source: targets})``."""
+    mixes, *targets = (np.stack(column) for column in list(zip(*examples))[:3])
     return mixes, dict(zip(SOURCES, targets))
+
+
+def _origins(examples) -> np.ndarray:
+    """int64 ``[batch, 4]``: the origin of each ``(mix, vocals, accompaniment, origin)``."""
+    return np.array([example[3] for example in examples], np.int64).reshape(-1, 4)
 
 
 def _tracks_of_shard(tracks: list[Track], channels: int, num_shards: int, shard_index: int,
@@ -131,8 +140,10 @@ class _ExampleStream:
     on its own from its number (see ``TrainingLoader``)."""
 
     def __init__(self, tracks: list[Track], *, sample_rate: int, crop: CropSpec, channels: int, seed: int,
-                 cache: bool, crops_per_track: int, augmentation: AugmentOptions, songs_in_flight: int):
+                 cache: bool, crops_per_track: int, augmentation: AugmentOptions, songs_in_flight: int,
+                 group: int = 0):
         self.tracks, self.sample_rate, self.crop, self.channels = tracks, sample_rate, crop, channels
+        self.group = group
         self.seed, self.crops_per_track, self.augmentation = seed, crops_per_track, augmentation
         self.songs_in_flight = min(songs_in_flight, len(tracks))
         self.examples_per_pass = len(tracks) * crops_per_track
@@ -146,11 +157,23 @@ class _ExampleStream:
 
     def example(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Example ``number`` of the stream: ``(mix, vocals target, accompaniment target)``."""
+        return self.example_with_origin(number)[:3]
+
+    def accompaniment_window(self, track: int, generator: np.random.Generator) -> np.ndarray:
+        """A random input-length window of ``track``'s accompaniment (a cross-dataset donor)."""
+        accompaniment = self._songs[track][1]
+        return _window(accompaniment, generator.integers(_start_count(len(accompaniment), self.crop)), self.crop)
+
+    def example_with_origin(self, number: int, donor: tuple[np.ndarray, tuple[int, int]] | None = None):
+        """Example ``number`` of the stream and its origin: ``(mix, vocals target, accompaniment
+        target, (vocals group, vocals track, accompaniment group, accompaniment track))``. ``donor``,
+        ``(accompaniment window, (group, track))``, replaces the accompaniment (and the cross-song
+        remix) before the augmentations: the cross-dataset remix."""
         turn, place = divmod(number, self.songs_in_flight * self.crops_per_track)
         crop_number, slot = divmod(place, self.songs_in_flight)
         song_number = turn * self.songs_in_flight + slot
         # The song at position 0 only lends its accompaniment, as in make_dataset.
-        track, donor = self._track_at(song_number + 1), self._track_at(song_number)
+        track, donor_track = self._track_at(song_number + 1), self._track_at(song_number)
         # Uniform draws first, in a fixed order, so that each draw keeps its value whatever the options.
         generator = np.random.default_rng([self.seed, _CROP, song_number, crop_number])
         cross_song_draw, vocals_gain, accompaniment_gain, swap_draw, segment_draw, semitones_draw = generator.random(6)
@@ -158,10 +181,14 @@ class _ExampleStream:
         vocals, accompaniment = self._songs[track]
         start = generator.integers(_start_count(len(vocals), crop))
         vocals = _window(vocals, start, crop)
-        if cross_song_draw < options.cross_song_probability and donor != track:
-            donor_accompaniment = self._songs[donor][1]
+        origin = (self.group, track, self.group, track)
+        if donor is not None:
+            accompaniment, origin = donor[0].copy(), (self.group, track, *donor[1])
+        elif cross_song_draw < options.cross_song_probability and donor_track != track:
+            donor_accompaniment = self._songs[donor_track][1]
             donor_start = generator.integers(_start_count(len(donor_accompaniment), crop))
             accompaniment = _window(donor_accompaniment, donor_start, crop)
+            origin = (self.group, track, self.group, donor_track)
         else:
             accompaniment = _window(accompaniment, start, crop)
         if options.gain_range is not None:
@@ -178,7 +205,7 @@ class _ExampleStream:
                                           generator.integers(crop.input_length - length + 1), length,
                                           options.pitch_shift_semitones * (2 * semitones_draw - 1))
             vocals, accompaniment = np.split(shifted, 2, axis=1)
-        return vocals + accompaniment, _centre(vocals, crop), _centre(accompaniment, crop)
+        return vocals + accompaniment, _centre(vocals, crop), _centre(accompaniment, crop), origin
 
 
 def _check_counts(songs_in_flight: int, crops_per_track: int, batch_size: int, steps_per_epoch: int | None):
@@ -206,12 +233,23 @@ class _EndlessLoader(keras.utils.PyDataset):
         self.epoch += 1
 
     def __getitem__(self, index: int):
+        return _batch(self._epoch_examples(index))
+
+    def batch_with_origin(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """Batch ``index`` of the current epoch, ``(mixes, targets)``, and each example's origin,
+        int64 ``[batch, 4]``: group and track (its index in that group's ``tracks``) of the vocals,
+        then of the accompaniment (for checking)."""
+        examples = self._epoch_examples(index)
+        return (*_batch(examples), _origins(examples))
+
+    def _epoch_examples(self, index: int) -> list:
         if not 0 <= index < self.steps_per_epoch:
             raise IndexError(f"batch {index} of an epoch of {self.steps_per_epoch}")
         first = (self.epoch * self.steps_per_epoch + index) * self.batch_size
-        return _batch(self._examples(range(first, first + self.batch_size)))
+        return self._examples(range(first, first + self.batch_size))
 
-    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]]:
+        """``(mix, vocals, accompaniment, origin)`` of each example of ``numbers``."""
         raise NotImplementedError
 
 
@@ -258,8 +296,8 @@ class TrainingLoader(_EndlessLoader):
                          examples_per_pass=self._stream.examples_per_pass, workers=workers,
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
 
-    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        return [self._stream.example(number) for number in numbers]
+    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]]:
+        return [self._stream.example_with_origin(number) for number in numbers]
 
 
 class _GroupChoices:
@@ -309,7 +347,12 @@ class MixedTrainingLoader(_EndlessLoader):
 
     Each group is its own stream of examples, as ``TrainingLoader`` builds one from
     that group's songs, with a seed derived from (``seed``, ``g``): song order,
-    interleaving and the cross-song remix stay inside the group. Example ``n`` of
+    interleaving and the cross-song remix stay inside the group. With
+    ``augmentation.cross_dataset_probability`` > 0 and several groups, example ``n``
+    takes, with that probability, a random window of a random song of another group
+    as its accompaniment (the group drawn by the weights among the others; drawn by
+    a generator of (``seed``, ``n``) alone), before its gains, swap and pitch shift: the
+    cross-dataset remix (uncached, each such donor decodes its song). Example ``n`` of
     the mixed stream draws its group with a generator that depends on (``seed``,
     ``n``) only, and takes that group's next example, so batches depend only on
     (seed, epoch, batch index), as ``TrainingLoader``'s do. Every group is sharded
@@ -337,17 +380,35 @@ class MixedTrainingLoader(_EndlessLoader):
             _ExampleStream(_tracks_of_shard(tracks, channels, num_shards, shard_index,
                                             name=f"group {index} (shard {shard_index} of {num_shards})"),
                            sample_rate=sample_rate, crop=crop, channels=channels, seed=int(group_seed), cache=cache,
-                           crops_per_track=crops_per_track, augmentation=augmentation, songs_in_flight=songs_in_flight)
+                           crops_per_track=crops_per_track, augmentation=augmentation, songs_in_flight=songs_in_flight,
+                           group=index)
             for index, (tracks, group_seed) in enumerate(zip(groups, group_seeds))]
         self.groups = [stream.tracks for stream in self._streams]
         self.weights = weights / weights.sum()
         self._choices = _GroupChoices(self.weights, seed)
+        self._seed, self._cross_dataset_probability = seed, augmentation.cross_dataset_probability
         super().__init__(batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                          examples_per_pass=sum(stream.examples_per_pass for stream in self._streams), workers=workers,
                          use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
 
-    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        return [self._streams[group].example(number) for group, number in self._choices(numbers)]
+    def _examples(self, numbers: range) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]]:
+        return [self._streams[group].example_with_origin(number, self._donor(mixed_number, group))
+                for mixed_number, (group, number) in zip(numbers, self._choices(numbers))]
+
+    def _donor(self, number: int, group: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """The cross-dataset donor of mixed example ``number`` (from ``group``), or None."""
+        others = self.weights * (np.arange(len(self.weights)) != group)
+        if self._cross_dataset_probability == 0 or others.sum() == 0:
+            return None
+        generator = np.random.default_rng([self._seed, _CROSS_DATASET, number])
+        remix_draw, group_draw = generator.random(2)
+        if remix_draw >= self._cross_dataset_probability:
+            return None
+        # The first group whose cumulative weight passes the draw: never this one, nor one of weight 0.
+        donor_group = int(np.argmax(np.cumsum(others) > group_draw * others.sum()))
+        stream = self._streams[donor_group]
+        track = int(generator.integers(len(stream.tracks)))
+        return stream.accompaniment_window(track, generator), (donor_group, track)
 
 
 class ValidationLoader(keras.utils.PyDataset):

@@ -2,6 +2,7 @@
 
     tracks -> decode (parallel, AUTOTUNE) -> [cache in memory] -> shuffle songs
            -> random crops of several songs in turn (accompaniment sometimes from another song)
+           -> [several datasets: drawn by weight; accompaniment sometimes from another dataset]
            -> augment (remix gains, channel swap, optional pitch shift) -> batch -> prefetch
 
 Each element is ``(mix [input_length, C], {"vocals": [output_length, C],
@@ -75,14 +76,18 @@ def _random_window(padded_signal, seed, crop: CropSpec):
 
 
 def _song_crops(song, donor, song_number, seed: int, crops_per_track: int, crop: CropSpec,
-                cross_song_probability: float) -> tf.data.Dataset:
-    """``crops_per_track`` input-length windows ``(vocals, accompaniment, augmentation seed)`` of one padded song.
+                cross_song_probability: float, group: int = 0, spare: bool = False) -> tf.data.Dataset:
+    """``crops_per_track`` input-length windows ``(vocals, accompaniment, augmentation seed, origin)``
+    of one padded song; with ``spare``, each also carries a spare window of the song's own
+    accompaniment and its origin, ``(group, track)``, for the cross-dataset remix.
 
     With probability ``cross_song_probability`` a window's accompaniment is a
     random window of ``donor``'s accompaniment instead, unless ``donor`` is the
-    same track."""
+    same track. ``origin`` is int64 ``[vocals group, vocals track, accompaniment
+    group, accompaniment track]``, tracks numbered in their group."""
     track_index, vocals, accompaniment = song
     donor_index, _, donor_accompaniment = donor
+    group = tf.constant(group, tf.int64)
 
     def window(crop_number):
         element_seed = tf.stack([tf.cast(seed, tf.int64), song_number * crops_per_track + crop_number])
@@ -94,9 +99,54 @@ def _song_crops(song, donor, song_number, seed: int, crops_per_track: int, crop:
         accompaniment_window = tf.cond(cross_song,
                                        lambda: _random_window(donor_accompaniment, donor_seed, crop)[1],
                                        lambda: accompaniment[start:start + crop.input_length])
-        return vocals_window, accompaniment_window, augmentation_seed
+        origin = tf.stack([group, track_index, group, tf.where(cross_song, donor_index, track_index)])
+        if not spare:
+            return vocals_window, accompaniment_window, augmentation_seed, origin
+        # Its own seed, folded from the element's, so that the other draws keep their values.
+        spare_seed = tf.random.experimental.stateless_fold_in(element_seed, 4)
+        spare_window = _random_window(accompaniment, spare_seed, crop)[1]
+        return vocals_window, accompaniment_window, augmentation_seed, origin, spare_window, tf.stack([group,
+                                                                                                       track_index])
 
     return tf.data.Dataset.range(crops_per_track).map(window)
+
+
+def _cross_dataset_remix(examples: tf.data.Dataset, weights: list[float], probability: float,
+                         window_length: int) -> tf.data.Dataset:
+    """Crops of a mix of datasets (``_training_crops`` with spares, drawn in turn) with, for
+    each one, probability ``probability`` that its accompaniment is replaced by the latest
+    spare accompaniment window of another dataset (the dataset drawn by ``weights`` among
+    those that have lent one yet). Each crop then leaves its own spare for the next ones.
+    The draws come from the crop's augmentation seed, folded, so the stream is a function of
+    the seed. Gives ``(vocals, accompaniment, augmentation seed, origin)``."""
+    group_count = len(weights)
+    weights = tf.constant(weights, tf.float32)
+    groups = tf.range(group_count, dtype=tf.int64)
+    # The latest spare window of each group, its origin, and whether the group has lent one yet.
+    state = (tf.zeros([group_count, window_length, 2]),
+             tf.zeros([group_count, 2], tf.int64), tf.zeros([group_count], tf.bool))
+
+    def lend(state, crop_element):
+        spares, spare_origins, lent = state
+        vocals, accompaniment, seed, origin, spare, spare_origin = crop_element
+        group = origin[0]
+        remix_seed, choice_seed = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(seed, 1), 2))
+        donors = weights * tf.cast(tf.logical_and(lent, groups != group), tf.float32)
+        total = tf.reduce_sum(donors)
+        remixed = tf.logical_and(tf.random.stateless_uniform([], remix_seed) < probability, total > 0)
+        # The first group whose cumulative weight passes a uniform draw over the total: one that lent.
+        draw = tf.random.stateless_uniform([], choice_seed) * total
+        chosen = tf.argmax(tf.cast(tf.cumsum(donors) > draw, tf.int32), output_type=tf.int64)
+        accompaniment = tf.where(remixed, spares[chosen], accompaniment)
+        origin = tf.where(remixed, tf.concat([origin[:2], spare_origins[chosen]], 0), origin)
+        index = tf.reshape(group, [1, 1])
+        state = (tf.tensor_scatter_nd_update(spares, index, spare[None]),
+                 tf.tensor_scatter_nd_update(spare_origins, index, spare_origin[None]),
+                 tf.tensor_scatter_nd_update(lent, index, [True]))
+        return state, (vocals, accompaniment, seed, origin)
+
+    return examples.scan(state, lend)
 
 
 def _augmented_example(vocals, accompaniment, seed, crop: CropSpec, channels: int, sample_rate: int,
@@ -140,7 +190,8 @@ def _evaluation_windows(vocals, accompaniment, crop: CropSpec):
 def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, channels: int = 2,
                  batch_size: int = 16, training: bool = True, seed: int = 0, cache: bool = True,
                  crops_per_track: int = 8, augmentation: augment.AugmentOptions = augment.AugmentOptions(),
-                 num_shards: int = 1, shard_index: int = 0, songs_in_flight: int = 16) -> tf.data.Dataset:
+                 num_shards: int = 1, shard_index: int = 0, songs_in_flight: int = 16,
+                 with_origin: bool = False) -> tf.data.Dataset:
     """Batches of ``(mix, {"vocals", "accompaniment"})`` for ``model.fit``.
 
     training=True: endless random crops, augmented, reproducible for a given
@@ -158,6 +209,9 @@ def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, chann
     training=False: one pass of consecutive, unaugmented windows covering every
     song, for validation. ``num_shards``/``shard_index`` split the songs between
     the workers of a multi-worker run.
+
+    ``with_origin`` (training only): each batch also holds each example's origin, as
+    ``make_mixed_dataset`` gives it (group 0).
     """
     _check_options(channels, songs_in_flight, crops_per_track)
     tracks = _shard(tracks, num_shards, shard_index)
@@ -167,28 +221,43 @@ def make_dataset(tracks: list[Track], *, sample_rate: int, crop: CropSpec, chann
             lambda v, a: _example(v, a, crop, channels, sample_rate), num_parallel_calls=AUTOTUNE)
         return examples.batch(batch_size).prefetch(AUTOTUNE)
     examples = _training_examples(tracks, sample_rate, crop, channels, seed, cache, crops_per_track, augmentation,
-                                  songs_in_flight)
+                                  songs_in_flight, with_origin)
     return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def make_mixed_dataset(groups: list[list[Track]], weights: list[float], *, sample_rate: int, crop: CropSpec,
                        channels: int = 2, batch_size: int = 16, seed: int = 0, cache: bool = True,
                        crops_per_track: int = 8, augmentation: augment.AugmentOptions = augment.AugmentOptions(),
-                       num_shards: int = 1, shard_index: int = 0, songs_in_flight: int = 16) -> tf.data.Dataset:
+                       num_shards: int = 1, shard_index: int = 0, songs_in_flight: int = 16,
+                       with_origin: bool = False) -> tf.data.Dataset:
     """Training batches mixing several datasets (e.g. synthetic and real songs): each
     example comes from group ``g`` with probability ``weights[g]`` (normalised).
     Each group is cropped and augmented as ``make_dataset`` does, with its own seed;
-    the cross-song remix stays inside a group."""
+    the cross-song remix stays inside a group. The cross-dataset remix
+    (``augmentation.cross_dataset_probability``) crosses groups: with that probability
+    an example's accompaniment is a random window of a song of another group, drawn by
+    the weights among the others (``_cross_dataset_remix``), before the gains, channel
+    swap and pitch shift, so the mix is still the sum of its labels.
+
+    ``with_origin``: each batch also holds ``origin``, int64 ``[batch, 4]``: the group
+    and track (its index in that group's shard of tracks) of the vocals, then of the
+    accompaniment, of each example (for checking; ``model.fit`` would read it as
+    sample weights)."""
     _check_options(channels, songs_in_flight, crops_per_track)
     if len(groups) != len(weights) or not groups:
         raise ValueError(f"need one weight per dataset: {len(groups)} datasets, {len(weights)} weights")
     if min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum, not {weights}")
-    streams = [_training_examples(_shard(group, num_shards, shard_index), sample_rate, crop, channels,
-                                  group_seed(seed, index), cache, crops_per_track, augmentation, songs_in_flight)
+    cross_dataset = augmentation.cross_dataset_probability > 0 and len(groups) > 1
+    streams = [_training_crops(_shard(group, num_shards, shard_index), sample_rate, crop, group_seed(seed, index),
+                               cache, crops_per_track, augmentation, songs_in_flight, group=index, spare=cross_dataset)
                for index, group in enumerate(groups)]
     total = float(sum(weights))
-    examples = tf.data.Dataset.sample_from_datasets(streams, weights=[w / total for w in weights], seed=seed)
+    weights = [w / total for w in weights]
+    crops = tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
+    if cross_dataset:
+        crops = _cross_dataset_remix(crops, weights, augmentation.cross_dataset_probability, crop.input_length)
+    examples = _augmented_examples(crops, crop, channels, sample_rate, augmentation, with_origin)
     return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
@@ -207,10 +276,11 @@ def _shard(tracks: list[Track], num_shards: int, shard_index: int) -> list[Track
     return tracks
 
 
-def _training_examples(tracks: list[Track], sample_rate: int, crop: CropSpec, channels: int, seed: int, cache: bool,
-                       crops_per_track: int, augmentation: augment.AugmentOptions,
-                       songs_in_flight: int) -> tf.data.Dataset:
-    """The endless stream of augmented training examples of ``make_dataset``, unbatched."""
+def _training_crops(tracks: list[Track], sample_rate: int, crop: CropSpec, seed: int, cache: bool,
+                    crops_per_track: int, augmentation: augment.AugmentOptions, songs_in_flight: int,
+                    group: int = 0, spare: bool = False) -> tf.data.Dataset:
+    """The endless stream of unaugmented training crops of ``make_dataset``, unbatched:
+    ``(vocals, accompaniment, augmentation seed, origin[, spare, spare origin])`` (``_song_crops``)."""
     table = track_table(tracks, sample_rate)
     decode = decoder(sample_rate)
 
@@ -228,11 +298,26 @@ def _training_examples(tracks: list[Track], sample_rate: int, crop: CropSpec, ch
     # Each song is paired with the song before it, its accompaniment donor; the first one only lends.
     no_song = (tf.constant(-1, tf.int64), tf.zeros([0, 2]), tf.zeros([0, 2]))
     songs_with_donors = songs.scan(no_song, lambda previous, song: (song, (song, previous))).skip(1)
-    crops = tf.data.Dataset.zip(songs_with_donors, tf.data.Dataset.counter()).interleave(
+    return tf.data.Dataset.zip(songs_with_donors, tf.data.Dataset.counter()).interleave(
         lambda song_and_donor, song_number: _song_crops(*song_and_donor, song_number, seed, crops_per_track, crop,
-                                                        augmentation.cross_song_probability),
+                                                        augmentation.cross_song_probability, group, spare),
         cycle_length=min(songs_in_flight, len(tracks)), block_length=1)
-    return crops.map(
-        lambda vocals, accompaniment, element_seed: _augmented_example(
-            vocals, accompaniment, element_seed, crop, channels, sample_rate, augmentation),
-        num_parallel_calls=AUTOTUNE)
+
+
+def _augmented_examples(crops: tf.data.Dataset, crop: CropSpec, channels: int, sample_rate: int,
+                        augmentation: augment.AugmentOptions, with_origin: bool) -> tf.data.Dataset:
+    """``(vocals, accompaniment, seed, origin)`` crops -> augmented ``(mix, targets[, origin])``
+    examples; each a function of its crop and seed alone, so the order of mapping is free."""
+    def augmented(vocals, accompaniment, element_seed, origin):
+        example = _augmented_example(vocals, accompaniment, element_seed, crop, channels, sample_rate, augmentation)
+        return (*example, origin) if with_origin else example
+
+    return crops.map(augmented, num_parallel_calls=AUTOTUNE)
+
+
+def _training_examples(tracks: list[Track], sample_rate: int, crop: CropSpec, channels: int, seed: int, cache: bool,
+                       crops_per_track: int, augmentation: augment.AugmentOptions,
+                       songs_in_flight: int, with_origin: bool = False) -> tf.data.Dataset:
+    """The endless stream of augmented training examples of ``make_dataset``, unbatched."""
+    crops = _training_crops(tracks, sample_rate, crop, seed, cache, crops_per_track, augmentation, songs_in_flight)
+    return _augmented_examples(crops, crop, channels, sample_rate, augmentation, with_origin)

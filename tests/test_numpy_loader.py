@@ -303,6 +303,56 @@ def test_seeded_mixes_repeat_and_seeds_differ(tracks):
     assert not np.array_equal(first, other)
 
 
+def cross_dataset_origins(tracks, probability, steps=12, seed=3):
+    """Origins, vocals songs and accompaniment songs (read from the samples) of an epoch of
+    ``steps`` batches of 8, songs 0-5 and 6-11 mixed evenly with the cross-dataset remix at
+    ``probability``; each mix checked to be the sum of its labels."""
+    options = AugmentOptions(gain_range=None, cross_song_probability=1.0, swap_channels=False,
+                             cross_dataset_probability=probability)
+    loader = mixed_loader(tracks, augmentation=options, steps_per_epoch=steps, seed=seed)
+    origins, vocals_songs, accompaniment_songs = [], [], []
+    for index in range(len(loader)):
+        mix, targets, origin = loader.batch_with_origin(index)
+        np.testing.assert_array_equal(centre(mix), targets["vocals"] + targets["accompaniment"])
+        np.testing.assert_array_equal(mix, loader[index][0])  # the batch model.fit gets
+        origins.append(origin)
+        vocals_songs.extend(song_of(targets["vocals"][..., 0]))
+        accompaniment_songs.extend(song_of(targets["accompaniment"][..., 0]))
+    return np.concatenate(origins), np.array(vocals_songs), np.array(accompaniment_songs), loader
+
+
+def test_cross_dataset_batches_hold_vocals_and_accompaniment_of_different_songs_and_datasets(tracks):
+    origins, vocals_songs, accompaniment_songs, loader = cross_dataset_origins(tracks, probability=1.0)
+    # Each example's origin (dataset, song in it) names the songs its samples come from.
+    np.testing.assert_array_equal(origins[:, 0] * 6 + origins[:, 1], vocals_songs)
+    np.testing.assert_array_equal(origins[:, 2] * 6 + origins[:, 3], accompaniment_songs)
+    names = [(loader.groups[v][s].name, loader.groups[a][t].name) for v, s, a, t in origins]
+    assert all(vocals_name != accompaniment_name for vocals_name, accompaniment_name in names)
+    # Every accompaniment from the other dataset, both ways, in every batch.
+    assert (origins[:, 0] != origins[:, 2]).all()
+    assert set(origins[:, 0]) == set(origins[:, 2]) == {0, 1}
+    for batch in origins.reshape(-1, 8, 4):
+        assert set(batch[:, 0]) == {0, 1}
+    # The donors are spread over the other dataset's songs.
+    assert len(set(map(tuple, origins[:, 2:]))) == 12
+    np.testing.assert_array_equal(origins, cross_dataset_origins(tracks, probability=1.0)[0])  # seeded
+
+
+def test_the_cross_dataset_remix_takes_its_share_and_leaves_the_rest_to_the_cross_song_remix(tracks):
+    origins, vocals_songs, accompaniment_songs, _ = cross_dataset_origins(tracks, probability=0.5, steps=40)
+    crossed = origins[:, 0] != origins[:, 2]
+    assert 0.4 < crossed.mean() < 0.6  # 320 examples, p = 0.5: spread 0.028
+    assert np.mean(vocals_songs[~crossed] != accompaniment_songs[~crossed]) > 0.9
+    off = cross_dataset_origins(tracks, probability=0.0, steps=6)[0]
+    np.testing.assert_array_equal(off[:, 0], off[:, 2])
+    # A single dataset reports its examples' origins too: group 0, another song with the cross-song remix.
+    single = TrainingLoader(tracks[:6], **{**SETTINGS, "augmentation": ALWAYS_REMIXED}, steps_per_epoch=2)
+    _, targets, origin = single.batch_with_origin(0)
+    np.testing.assert_array_equal(origin[:, 1], song_of(targets["vocals"][..., 0]))
+    np.testing.assert_array_equal(origin[:, 3], song_of(targets["accompaniment"][..., 0]))
+    assert (origin[:, [0, 2]] == 0).all()
+
+
 def test_group_choices_number_each_groups_examples_in_turn_across_blocks():
     count = 2 * _CHOICE_BLOCK + 50
     in_one_go = _GroupChoices(np.array([0.5, 0.3, 0.2]), seed=1)(range(count))

@@ -604,3 +604,38 @@ def test_model_set_changes_fields_of_the_named_config_and_refuses_what_does_not_
                                             "--run-dir", str(tmp_path / "init")]))
     with pytest.raises(SystemExit, match="--model-set"):
         train.resolve_run(train.parse_args(["--resume", str(run_dir), "--model-set", "num_layers=4"]))
+
+
+def test_the_cross_dataset_remix_is_recorded_reaches_the_pipeline_and_is_kept_on_resume(tmp_path, monkeypatch):
+    """--cross-dataset-probability: stored in config.json, handed to the mixed pipeline's
+    augmentation (its batches are checked in tests/test_pipeline.py and test_numpy_loader.py),
+    kept on resume, and refused outside [0, 1] or with a single dataset."""
+    root = tmp_path / "stems"
+    for index in range(4):
+        write_stems(root / f"song{index:02d}", seed=index)
+    common = ["--dataset", "synthetic+folder", "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"),
+              "--synthetic-songs", "2"]
+    run_dir, run = train.resolve_run(train.parse_args([*common, "--cross-dataset-probability", "0.5",
+                                                       "--run-dir", str(tmp_path / "run")]))
+    assert RunDirectory(run_dir).read_config()["training"]["cross_dataset_probability"] == 0.5
+    import data_pipeline.pipeline
+
+    handed = {}
+    monkeypatch.setattr(data_pipeline.pipeline, "make_mixed_dataset",
+                        lambda groups, weights, **options: handed.update(options) or "train")
+    monkeypatch.setattr(data_pipeline.pipeline, "make_dataset", lambda tracks, **options: "valid")
+    monkeypatch.setattr(data, "USES_TF_DATA", True)
+    model_config = session.ARCHITECTURES[run["arch"]].config_from_dict(run["model"])
+    data._pipeline_datasets(run, {"train": [["a"], ["b"]], "valid": ["c"]}, model_config, CropSpec(300, 100),
+                            choose_strategy(), 0)
+    assert handed["augmentation"].cross_dataset_probability == 0.5
+    with pytest.raises(SystemExit, match=r"--cross-dataset-probability 1.0 \(the run has 0.5\)"):
+        train.resolve_run(train.parse_args(["--resume", str(run_dir), "--cross-dataset-probability", "1"]))
+    _, default = train.resolve_run(train.parse_args([*common, "--run-dir", str(tmp_path / "default")]))
+    assert default["training"]["cross_dataset_probability"] == 0.0  # off unless asked for
+    with pytest.raises(SystemExit, match="name several with --dataset"):
+        train.resolve_run(train.parse_args(["--dataset", "synthetic", "--cross-dataset-probability", "0.5",
+                                            "--run-dir", str(tmp_path / "single")]))
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--cross-dataset-probability", bad])

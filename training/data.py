@@ -130,7 +130,8 @@ def _pipeline_datasets(run: RunConfig, tracks: dict, model_config, crop: CropSpe
     role = cluster_role(strategy)
     common = dict(sample_rate=model_config.sample_rate, crop=crop, channels=model_config.channels,
                   batch_size=training["batch_size"], cache=training["cache"])
-    augmentation = AugmentOptions(pitch_shift_semitones=training.get("pitch_shift_semitones", 0.0))
+    augmentation = AugmentOptions(pitch_shift_semitones=training.get("pitch_shift_semitones", 0.0),
+                                  cross_dataset_probability=training.get("cross_dataset_probability", 0.0))
     training_common = dict(crops_per_track=training["crops_per_track"], augmentation=augmentation,
                            seed=run_seed(training["seed"], role.index, start_epoch),
                            num_shards=role.count, shard_index=role.index, **common)

@@ -20,9 +20,10 @@ TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, 
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8,
                      "precision": "float32", "learning_rate_decay": 1.0, "clip_norm": None,
                      "pitch_shift_semitones": 0.0, "ema_momentum": None, "loss": "mse", "band_limit_hz": None,
-                     "learning_rate_schedule": "constant"}
+                     "learning_rate_schedule": "constant", "cross_dataset_probability": 0.0}
 TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision",
-                  "pitch_shift_semitones", "ema_momentum", "loss", "band_limit_hz", "learning_rate_schedule")
+                  "pitch_shift_semitones", "ema_momentum", "loss", "band_limit_hz", "learning_rate_schedule",
+                  "cross_dataset_probability")
 DEFAULT_SYNTHETIC_SONGS = 90
 # train.py's flags whose name is not their setting's (the rest: --setting-name).
 FLAG_NAMES = {"pitch_shift_semitones": "--pitch-shift", "ema_momentum": "--ema", "band_limit_hz": "--band-limit",
@@ -43,7 +44,7 @@ def _resume_conflicts(flags, run: RunConfig) -> list[str]:
              "select_on": "+".join(data["select_on"]) if data.get("select_on") else None,
              "cache_dir": data["cache_dir"],
              "synthetic_songs": data["synthetic_songs"]["train"], "init_from": training.get("init_from"),
-             **{key: training.get(key) for key in TRAINING_FLAGS if key != "steps"}}
+             **{key: training.get(key, TRAINING_DEFAULTS[key]) for key in TRAINING_FLAGS if key != "steps"}}
     conflicts = [f"{FLAG_NAMES.get(key, '--' + key.replace('_', '-'))} {getattr(flags, key)} (the run has {value})"
                  for key, value in saved.items() if getattr(flags, key) is not None and getattr(flags, key) != value]
     if flags.variant is not None:
@@ -150,6 +151,9 @@ def resolve_run(flags) -> tuple[Path, RunConfig]:
                        training["band_limit_hz"], model["sample_rate"])
     except ValueError as error:
         raise RunConfigError(str(error)) from None
+    if training["cross_dataset_probability"] > 0 and len(data["dataset"].split("+")) < 2:
+        raise RunConfigError(f"--cross-dataset-probability {training['cross_dataset_probability']} remixes across "
+                             f"datasets: name several with --dataset (e.g. musdb+folder), not {data['dataset']}")
     if training["learning_rate_schedule"] == "cosine" and training["learning_rate_decay"] != 1.0:
         raise RunConfigError(f"--lr-schedule cosine replaces {config_name}'s learning-rate decay "
                              f"({training['learning_rate_decay']} per validation), which does not combine with it")
