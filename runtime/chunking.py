@@ -35,43 +35,75 @@ class SampleFifo:
         return taken
 
 
+class PlanWindows:
+    """The one cutting of a song's model-rate samples into a chunk plan's model windows:
+    ``plan.lead`` samples of silence before the song (the first kept output's context),
+    windows ``plan.stride`` apart, and at the end (``last``) the last ones completed with
+    silence until every sample's output is covered. ``_ChunkRunner`` runs the model on
+    them as they come; the catalog pipeline (``pipelines.catalog``) batches them across
+    songs. Holds only what the next window still needs."""
+
+    def __init__(self, plan: ChunkPlan, channels: int):
+        self.plan, self.channels = plan, channels
+        self.buffer = np.zeros((plan.lead, channels), np.float32)
+        self.received = self.covered = 0
+
+    def push(self, samples: np.ndarray, last: bool = False):
+        """Takes the samples now and returns an iterator of ``(window, kept)`` for the windows
+        they complete, each cut when the one before has been used: ``window`` is
+        ``[plan.input_length, channels]``, ``kept`` how many of its kept outputs
+        (``kept_outputs``) are the song's (``plan.stride``, fewer in the last window)."""
+        self.buffer = np.concatenate([self.buffer, samples])
+        self.received += len(samples)
+        return self._windows(last)
+
+    def _windows(self, last: bool):
+        while len(self.buffer) >= self.plan.input_length:
+            yield self._next()
+        while last and self.covered < self.received:
+            shortfall = self.plan.input_length - len(self.buffer)
+            self.buffer = np.pad(self.buffer, [(0, max(0, shortfall)), (0, 0)])
+            yield self._next()
+
+    def _next(self) -> tuple[np.ndarray, int]:
+        window = self.buffer[:self.plan.input_length]
+        self.buffer = self.buffer[self.plan.stride:]
+        kept = min(self.plan.stride, self.received - self.covered)
+        self.covered += kept
+        return window, kept
+
+
+def kept_outputs(estimates: dict, plan: ChunkPlan, kept: int) -> dict:
+    """A window's model outputs -> the ``kept`` samples of each source that tile the song."""
+    return {source: estimate[plan.keep_from:plan.keep_from + plan.stride][:kept]
+            for source, estimate in estimates.items()}
+
+
+def join_outputs(pieces: list, channels: int) -> dict:
+    """Consecutive windows' kept outputs (``kept_outputs``) -> each source's samples in order."""
+    return {source: np.concatenate([p[source] for p in pieces]) if pieces else np.zeros((0, channels), np.float32)
+            for source in SOURCES}
+
+
 class _ChunkRunner:
     """Model-rate samples in, separated model-rate samples out, one chunk plan at a time.
 
     Holds only the current chunk's input: the context before the song is silence,
-    and at the end the last chunk is completed with silence."""
+    and at the end the last chunk is completed with silence (``PlanWindows``)."""
 
     def __init__(self, separator: Separator, plan: ChunkPlan, channels: int, progress=None):
         self.separator, self.plan, self.progress = separator, plan, progress
-        self.buffer = np.zeros((plan.lead, channels), np.float32)
-        self.received = self.emitted = 0
+        self.windows = PlanWindows(plan, channels)
         # A chunk runs once the input for its last output has arrived.
         self.delay = plan.input_length - plan.lead - 1
 
-    def _run_chunk(self) -> dict:
-        window = self.buffer[:self.plan.input_length]
-        kept = slice(self.plan.keep_from, self.plan.keep_from + self.plan.stride)
-        estimates = self.separator.separate_window(window)
-        self.buffer = self.buffer[self.plan.stride:]
-        done = min(self.plan.stride, self.received - self.emitted)
-        self.emitted += done
-        if self.progress is not None:
-            self.progress(done)
-        return {source: estimate[kept][:done] for source, estimate in estimates.items()}
-
     def push(self, samples: np.ndarray, last: bool = False) -> dict:
-        self.buffer = np.concatenate([self.buffer, samples])
-        self.received += len(samples)
         pieces = []
-        while len(self.buffer) >= self.plan.input_length:
-            pieces.append(self._run_chunk())
-        while last and self.emitted < self.received:
-            shortfall = self.plan.input_length - len(self.buffer)
-            self.buffer = np.pad(self.buffer, [(0, max(0, shortfall)), (0, 0)])
-            pieces.append(self._run_chunk())
-        channels = self.buffer.shape[1]
-        return {source: np.concatenate([p[source] for p in pieces]) if pieces else np.zeros((0, channels), np.float32)
-                for source in SOURCES}
+        for window, kept in self.windows.push(samples, last):
+            pieces.append(kept_outputs(self.separator.separate_window(window), self.plan, kept))
+            if self.progress is not None:
+                self.progress(kept)
+        return join_outputs(pieces, self.windows.channels)
 
 
 class _IncrementalRunner:
@@ -189,3 +221,59 @@ def positive_seconds(text: str) -> float:
 def fit_length(signal: np.ndarray, length: int) -> np.ndarray:
     """Cuts or zero-pads to ``length`` samples (resampling may round by a sample)."""
     return np.pad(signal[:length], [(0, max(0, length - len(signal))), (0, 0)])
+
+
+# ---------------------------------------------------------------- a song around a model run elsewhere
+
+
+def song_to_model(audio: np.ndarray, sample_rate: int, model_rate: int) -> np.ndarray:
+    """A whole song as ``SongSeparation`` gives it to the model: at the model's rate by the
+    one resampling rule (the same samples as its stream, whatever the blocks). The song
+    before the model, for a path that runs the model elsewhere (``song_from_model``)."""
+    if sample_rate == model_rate:
+        return np.asarray(audio, np.float32)
+    return ResampleStream(sample_rate, model_rate, audio.shape[1]).resample_chunk(audio, last=True)
+
+
+class _Ready:
+    """What a runner or a resampling stream of ``SongSeparation`` would give for the whole
+    song, computed elsewhere: given back once, for the whole song (``last``)."""
+
+    def __init__(self, result, length: int):
+        self.result, self.length = result, length
+
+    def _take(self, samples: np.ndarray, last: bool):
+        if not last or len(samples) != self.length:
+            raise ValueError(f"ready for the whole song of {self.length} samples at once, "
+                             f"not {len(samples)}{'' if last else ' before its end'}")
+        return self.result
+
+    def push(self, samples: np.ndarray, last: bool = False) -> dict:  # as a runner: model outputs
+        return self._take(samples, last)
+
+    def resample_chunk(self, block: np.ndarray, last: bool = False) -> np.ndarray:  # as the stream to the model
+        return self._take(block, last)
+
+
+def song_from_model(separator: Separator, audio: np.ndarray, sample_rate: int, model_input: np.ndarray,
+                    outputs: dict) -> dict:
+    """A whole song's final sources from the model's outputs on its windows, computed
+    elsewhere (e.g. batched across songs): ``outputs`` are ``join_outputs`` of every
+    window's ``kept_outputs``, as long as ``model_input`` (``song_to_model``'s). The rest
+    is ``SongSeparation``'s own path after the model (the sources back at the song's rate,
+    what the round trip loses in the accompaniment), so the result is ``separate_song``'s.
+    ``separator`` needs only its rate, channels and chunk plan: no model is run here."""
+    model_rate = separator.sample_rate
+    lengths = {source: len(output) for source, output in outputs.items()}
+    if set(lengths.values()) != {len(model_input)}:
+        raise ValueError(f"outputs of {lengths} model samples for a model input of {len(model_input)}")
+
+    def resample_stream(from_rate, to_rate, channels):
+        if (from_rate, to_rate) == (sample_rate, model_rate):  # to the model's rate: song_to_model did it
+            return _Ready(model_input, len(audio))
+        return ResampleStream(from_rate, to_rate, channels)
+
+    separation = SongSeparation(separator, sample_rate, audio.shape[1], resample_stream=resample_stream)
+    separation.runner = _Ready(outputs, len(model_input))
+    estimates = separation.push(audio, last=True)
+    return {source: fit_length(estimate, len(audio)) for source, estimate in estimates.items()}

@@ -40,9 +40,15 @@ class Separator:
         by the channel rule the exported graph follows too (``runtime.channels``): a mono
         model takes a stereo window as a batch of two mono ones; a stereo model takes a
         mono window on both channels and its outputs are averaged."""
-        rule = channel_rule(window.shape[1], self.channels)
-        estimates = self.forward(into_model(window[None], rule))
-        return {s: out_of_model(e, rule)[0] for s, e in estimates.items()}
+        return {s: e[0] for s, e in self.separate_windows(window[None]).items()}
+
+    def separate_windows(self, windows: np.ndarray) -> dict:
+        """``separate_window`` on a batch ``[n, input_length, 1 or 2]`` of windows with the same
+        channels (e.g. from several songs, ``pipelines.catalog``), in one model call ->
+        sources ``[n, output_length, same channels]``."""
+        rule = channel_rule(windows.shape[2], self.channels)
+        estimates = self.forward(into_model(windows, rule))
+        return {s: out_of_model(e, rule) for s, e in estimates.items()}
 
 
 def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separator:
