@@ -99,11 +99,12 @@ class WindowPlan:
 def resample_window(window: np.ndarray, plan: WindowPlan, gain: np.ndarray) -> np.ndarray:
     """A whole window ``[plan.input_samples(plan.units), channels]`` at the output rate,
     all of it (the caller keeps its centre); ``gain`` is ``plan.gain()``."""
-    spectrum = scipy.fft.rfft(window, axis=0)  # float32 in, complex64 out
+    # float32 in, complex64 out; the channels' transforms on every core (workers=-1)
+    spectrum = scipy.fft.rfft(window, axis=0, workers=-1)
     bins = plan.output_samples(plan.units) // 2 + 1
     weighted = np.zeros((bins, window.shape[1]), np.complex64)
     weighted[:len(gain)] = spectrum[:len(gain)] * gain[:, None]
-    return scipy.fft.irfft(weighted, n=plan.output_samples(plan.units), axis=0)
+    return scipy.fft.irfft(weighted, n=plan.output_samples(plan.units), axis=0, workers=-1)
 
 
 class _BufferedResampler:
