@@ -28,7 +28,7 @@ from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
 from runtime.chunking import positive_seconds  # noqa: E402
 from runtime.loading import load_separator  # noqa: E402
-from runtime.wiener import WienerSettings, em_iterations, wiener_filter  # noqa: E402
+from runtime.wiener import add_wiener_arguments, model_wiener  # noqa: E402
 from runtime.scoring import default_json_path, format_header, format_row, format_summary, score_tracks, \
     summary  # noqa: E402
 
@@ -53,14 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation-<name>-<dataset>-<split>.json in the current folder, <name> naming the export: "
                         "x-1 for export/x/1, x-1-onnx for export/x/1/model.onnx. An exported version folder is "
                         "never written to: a model server watches it)")
-    parser.add_argument("--wiener", type=em_iterations, default=0, metavar="N",
-                        help="refine the model's outputs with N EM iterations of the multichannel Wiener filter "
-                             "(Open-Unmix's, through norbert; 0: off, the default)")
-    parser.add_argument("--wiener-fft", type=int, default=4096, choices=[1024, 2048, 4096, 8192],
-                        help="the Wiener filter's STFT size (hop: a quarter of it; default: 4096)")
+    add_wiener_arguments(parser, "Default: the model's own (off; an export made with export.py --wiener has "
+                                 "the variant it was made with), as separate.py.")
     parser.add_argument("--wiener-soft-mask", action="store_true",
-                        help="start the Wiener filter from a power-2 soft mask of the mixture instead of the "
-                             "outputs' magnitudes with the mixture's phase")
+                        help="older spelling: start from the soft mask (--wiener N becomes mask+emN; alone: mask)")
     parser.add_argument("--record", metavar="NAME:ROW",
                         help="also put the medians into row ROW of docs/results/NAME.json with this command line, "
                              "the commit, the CPU and the date (python -m bench.records then renders the tables "
@@ -112,19 +108,18 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
-    wiener = WienerSettings(args.wiener, args.wiener_fft, args.wiener_soft_mask) if args.wiener or \
-        args.wiener_soft_mask else None
+    wiener = model_wiener(separator, args.wiener, args.wiener_fft, args.wiener_soft_mask)
     print(f"Scoring {separator.source} ({args.precision}"
-          f"{'; ' + wiener.describe() if wiener else ''}) on {len(tracks)} {args.dataset} {args.split} tracks "
+          f"{'; ' + wiener.describe(separator.sample_rate) if wiener else ''}) on {len(tracks)} {args.dataset} {args.split} tracks "
           f"(BSSEval v4, 1 s windows)")
     print(format_header())
     per_track, skipped = score_tracks(
         separator, tqdm(tracks, desc="tracks", leave=False), args.chunk_seconds,
         on_scored=lambda name, scores: tqdm.write(format_row(name, scores)),
         on_skipped=lambda name, error: tqdm.write(f"error: track {name}: {error} (skipped)", file=sys.stderr),
-        post_filter=None if wiener is None else lambda mix, estimates: wiener_filter(mix, estimates, wiener))
+        wiener=wiener)
     report = {"model": separator.source, "dataset": args.dataset, "split": args.split, "precision": args.precision,
-              "post_filter": wiener.describe() if wiener else None,
+              "post_filter": wiener.describe(separator.sample_rate) if wiener else None,
               "tracks": per_track, "skipped": skipped, **summary(per_track)}
     if per_track:
         print(format_row("MEDIAN", report["median"]))

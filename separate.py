@@ -48,6 +48,7 @@ from data_pipeline.audio import SUPPORTED_EXTENSIONS, AudioError, WavWriter, ope
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
 from runtime.chunking import fit_length, positive_seconds, SongSeparation  # noqa: E402
+from runtime.wiener import add_wiener_arguments, model_wiener  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL, load_separator, resolve_precision  # noqa: E402
 from runtime.pcm import PCM_FORMATS, PcmError, decode_pcm, encode_pcm, frame_bytes  # noqa: E402
 from runtime.streaming import StreamError, StreamSeparation  # noqa: E402
@@ -70,6 +71,8 @@ def parse_args(argv=None):
                              "stream's delay is the same on every machine")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
                         help="audio per model call; lower it to use less memory (default: 30)")
+    add_wiener_arguments(parser, "Default: the model's own (off; an export made with export.py --wiener "
+                                 "has the variant it was made with). Not with --live.")
     live = parser.add_argument_group("live separation (raw PCM in, one source out; instead of INPUT files)")
     live.add_argument("--live", metavar="PCM", help="raw interleaved PCM to separate as it arrives: a file, "
                                                     "a FIFO, or - for stdin; the separated source goes to stdout")
@@ -92,6 +95,9 @@ def parse_args(argv=None):
     if args.live is not None and args.precision == "bfloat16":
         parser.error("--live computes in float32 (a stream's delay and output are then the same on every "
                      "machine): drop --precision bfloat16")
+    if args.live is not None and args.wiener is not None and args.wiener.active:
+        parser.error("--live separates without the Wiener post-filter (it would add its STFT's length to the "
+                     "latency, 93 ms at the default size, and seconds with EM): drop --wiener")
     if not 0 < args.block_ms <= 1000:
         parser.error(f"--block-ms must be above 0 and at most 1000, not {args.block_ms:g}")
     return args
@@ -150,15 +156,17 @@ def plan_outputs(names: list[str], out: Path, overwrite: bool) -> list[tuple[Pat
     return jobs
 
 
-def separate_file(separator, path: Path, destination: Path, chunk_seconds: float) -> None:
-    """Streams ``path`` through the separator into ``destination/{vocals,accompaniment}.wav``;
-    memory holds about one chunk, whatever the song's length."""
+def separate_file(separator, path: Path, destination: Path, chunk_seconds: float, wiener=None) -> None:
+    """Streams ``path`` through the separator (and the Wiener post-filter ``wiener``, if any)
+    into ``destination/{vocals,accompaniment}.wav``; memory holds about one chunk, whatever
+    the song's length."""
     info = open_audio(path)
     written = 0
     with tqdm(total=info.frames / info.sample_rate, desc=path.name, unit="s audio", leave=False) as bar, \
             ExitStack() as files:
         separation = SongSeparation(separator, info.sample_rate, info.channels, chunk_seconds,
-                                    progress=lambda samples: bar.update(samples / separator.sample_rate))
+                                    progress=lambda samples: bar.update(samples / separator.sample_rate),
+                                    wiener=wiener)
         writers = {source: files.enter_context(WavWriter(destination / f"{source}.wav", info.sample_rate,
                                                          info.channels)) for source in SOURCES}
 
@@ -275,10 +283,13 @@ def main(argv=None) -> int:
         return 2
     if separator.channels == 1:
         print("Mono model: each channel of a stereo input is separated on its own")
+    wiener = model_wiener(separator, args.wiener, args.wiener_fft)
+    if wiener is not None:
+        print(wiener.describe(separator.sample_rate))
     failures = 0
     for path, destination in jobs:
         try:
-            separate_file(separator, path, destination, args.chunk_seconds)
+            separate_file(separator, path, destination, args.chunk_seconds, wiener)
             print(f"{path} -> {destination}/vocals.wav, accompaniment.wav")
         except AudioError as error:
             failures += 1

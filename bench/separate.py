@@ -369,11 +369,11 @@ def post_filter_rows(model: BenchModel, model_speed: float, clip: np.ndarray, ch
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
-            wiener_filter(mix, estimates, settings)
+            wiener_filter(mix, estimates, settings, rate)
             seconds.append(time.perf_counter() - start)
         speed = len(clip) / CLIP_RATE / min(seconds)
         together = 1 / (1 / model_speed + 1 / speed)
-        print(f"Post-filter: {settings.describe()} at {rate} Hz: {speed:.1f}x realtime alone; {model.label} "
+        print(f"Post-filter: {settings.describe(rate)} at {rate} Hz: {speed:.1f}x realtime alone; {model.label} "
               f"(Keras float32) with it {together:.1f}x realtime, {together / model_speed:.2f} of the model alone")
 
 
@@ -505,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time the Wiener post-filter with N EM iterations (each given) on the first "
                              "config's outputs at its rate, alone and after the model")
     parser.add_argument("--wiener-soft-mask", action="store_true",
-                        help="--wiener starts from a power-2 soft mask of the mixture (as evaluate.py's flag)")
+                        help="--wiener starts from the soft mask of the mixture (0: the mask alone; "
+                             "as evaluate.py's flag)")
     parser.add_argument("--record", action="store_true",
                         help="also put the speed rows into docs/results/runtime-speed.json (row CONFIG-RUNTIME) and, "
                              "with --quality, the SDR rows into runtime-quality.json (row RUNTIME), with this command "

@@ -158,17 +158,22 @@ class SongSeparation:
 
     def __init__(self, separator: Separator, sample_rate: int, channels: int, chunk_seconds: float = 30.0,
                  progress=None, *, chunk_output_length: int | None = None, resample_stream=ResampleStream,
-                 incremental: bool = False):
+                 incremental: bool = False, wiener=None):
         """``chunk_output_length`` (model samples) overrides ``chunk_seconds``;
         ``resample_stream``: the form of the resampling rule (live streams take
         ``runtime.resampling.LiveResampleStream``, which waits less); ``incremental``:
         run the model's stream executor where it has one (small blocks) instead of
-        chunks (whole songs: long chunks waste little)."""
+        chunks (whole songs: long chunks waste little); ``wiener``: the Wiener post-filter's
+        ``runtime.wiener.WienerSettings`` (None: off), on the model's outputs at its rate
+        with the model input, before they go back to the song's rate."""
         model_rate = separator.sample_rate
         self.plan = separator.chunk_plan(chunk_output_length or max(1, int(chunk_seconds * model_rate)))
         self.runner = (_IncrementalRunner(separator, self.plan, channels)
                        if incremental and separator.incremental is not None
                        else _ChunkRunner(separator, self.plan, channels, progress))
+        if wiener is not None and wiener.active:
+            from runtime.wiener import WienerRunner
+            self.runner = WienerRunner(self.runner, wiener, model_rate, channels)
         self.resampled = sample_rate != model_rate
 
         def stream(from_rate, to_rate):
@@ -201,9 +206,10 @@ class SongSeparation:
 
 
 def separate_song(separator: Separator, audio: np.ndarray, sample_rate: int, chunk_seconds: float = 30.0,
-                  progress=None) -> dict:
+                  progress=None, wiener=None) -> dict:
     """Separates a whole song held in memory; sources have exactly the input's shape."""
-    estimates = SongSeparation(separator, sample_rate, audio.shape[1], chunk_seconds, progress).push(audio, last=True)
+    estimates = SongSeparation(separator, sample_rate, audio.shape[1], chunk_seconds, progress,
+                               wiener=wiener).push(audio, last=True)
     return {s: fit_length(e, len(audio)) for s, e in estimates.items()}
 
 

@@ -61,13 +61,15 @@ def load_track_audio(track) -> tuple[dict, int]:
     return load_track(track, sample_rate), sample_rate
 
 
-def evaluate_track(separator, audio: dict, sample_rate: int, chunk_seconds: float, post_filter=None) -> dict:
-    """Scores of the model (its outputs through ``post_filter(mix, estimates)``, if any) and
+def evaluate_track(separator, audio: dict, sample_rate: int, chunk_seconds: float, post_filter=None,
+                   wiener=None) -> dict:
+    """Scores of the model (with the Wiener post-filter ``wiener`` in its chunked path, and
+    its outputs through ``post_filter(mix, estimates)``, if any) and
     of the two no-separation systems on one track, the least-squares gains of the best-gain
     baseline and the model's SDR gain over it."""
     references = {source: audio[source] for source in SOURCES}
     best_gain, gains = best_gain_estimates(audio["mixture"], references)
-    separated = separate_song(separator, audio["mixture"], sample_rate, chunk_seconds=chunk_seconds)
+    separated = separate_song(separator, audio["mixture"], sample_rate, chunk_seconds=chunk_seconds, wiener=wiener)
     if post_filter is not None:
         separated = post_filter(audio["mixture"], separated)
     estimates = {"model": separated,
@@ -111,7 +113,7 @@ def format_summary(source: str, summary: dict, gain: float) -> str:
 
 
 def score_tracks(separator, tracks, chunk_seconds: float, on_scored=None, on_skipped=None,
-                 post_filter=None) -> tuple[dict, list]:
+                 post_filter=None, wiener=None) -> tuple[dict, list]:
     """Scores every track of ``tracks`` (any iterable of dataset tracks, e.g. in a progress
     bar); a track that cannot be read is skipped, the others are still scored. Returns the
     scores by track name and ``{"track", "reason"}`` of each skipped track;
@@ -125,7 +127,7 @@ def score_tracks(separator, tracks, chunk_seconds: float, on_scored=None, on_ski
             if on_skipped is not None:
                 on_skipped(track.name, error)
             continue
-        per_track[track.name] = evaluate_track(separator, audio, sample_rate, chunk_seconds, post_filter)
+        per_track[track.name] = evaluate_track(separator, audio, sample_rate, chunk_seconds, post_filter, wiener)
         if on_scored is not None:
             on_scored(track.name, per_track[track.name])
     return per_track, skipped

@@ -160,6 +160,19 @@ def settings_from_args(wiener: WienerSettings | None, n_fft: int | None,
                           wiener.em_block, wiener.em_context)
 
 
+def model_wiener(separator, wiener: WienerSettings | None, n_fft: int | None,
+                 soft_mask: bool = False) -> WienerSettings | None:
+    """What a tool's --wiener/--wiener-fft (and evaluate.py's --wiener-soft-mask) choose for
+    ``separator``: what they say, else the model's own (``Separator.wiener``: an export's,
+    from its facts); None for off."""
+    chosen = settings_from_args(wiener, n_fft, soft_mask)
+    if chosen is None:
+        chosen = getattr(separator, "wiener", None)
+        if chosen is not None and n_fft:
+            chosen = WienerSettings(chosen.iterations, n_fft, chosen.soft_mask, chosen.em_block, chosen.em_context)
+    return chosen if chosen is not None and chosen.active else None
+
+
 # ---------------------------------------------------------------- the filter on spectra
 
 
@@ -253,9 +266,9 @@ class WienerStream:
         self.out_start = 0
         self.frames_added = 0
         self.emitted = 0
-        # A sample is final once this many samples after it have arrived (and a block's context for EM)
-        block_frames = settings.em_block + settings.em_context if settings.iterations else 1
-        self.delay = half + self.hop * block_frames
+        # The most samples after a sample that must arrive before it is final: the frames covering
+        # it (n_fft), and for EM the rest of its block and the context after it.
+        self.delay = self.n_fft + (self.hop * (settings.em_block + settings.em_context - 1) if settings.iterations else 0)
 
     # -- input
 
