@@ -32,7 +32,9 @@ filtering, with random weights: nothing is downloaded) separates the same clip a
 config's fastest runtime is printed as a multiple of it; where it is not installed, no
 peer figure is printed (torch stays out of requirements.txt: ``pip install openunmix``
 pulls PyPI's CUDA build of torch, gigabytes; docs/benchmarks.md shows a CPU-only way, Debian's
-python3-torch). The peer runs on every core, as TensorFlow does. Then the peak RSS of separate.py separating a 10-minute stereo file
+python3-torch). The peer runs on every core, as TensorFlow does. Then what resampling costs on
+the first config: the clip to the model's rate and the sources back, against the model's time at
+its rate, interleaved in one loop (aim: at most a tenth). Then the peak RSS of separate.py separating a 10-minute stereo file
 (--long-minutes; 0 skips this memory test). ``--quality`` scores
 the shipped model in each runtime on the 14 MUSDB18 validation previews (through
 evaluate.py's scoring) and prints each runtime's median SDR against Keras float32.
@@ -377,6 +379,36 @@ def post_filter_rows(model: BenchModel, model_speed: float, clip: np.ndarray, ch
               f"(Keras float32) with it {together:.1f}x realtime, {together / model_speed:.2f} of the model alone")
 
 
+RESAMPLING_AIM = 0.10  # resampling a song to the model's rate and its sources back: at most this share of the model's time
+
+
+def resampling_row(model: BenchModel, clip: np.ndarray, chunk_seconds: float, repeats: int, scratch: Path) -> float:
+    """What resampling costs in separate.py's path (runtime.resampling: the clip to the model's rate, then
+    the two sources back in one stacked call, as runtime.chunking.SongSeparation does) against the model's
+    own time on the clip at its rate, timed interleaved (best of ``repeats`` each, so both see the same
+    load); also the whole 44.1 kHz path against the model-rate one. Prints a row; returns the share."""
+    separator = load_separator(save_random_run(model, scratch / "resampling-run"))
+    rate = separator.sample_rate
+    at_model_rate = resample(clip, CLIP_RATE, rate)
+    both_sources = np.concatenate([at_model_rate, at_model_rate], axis=1)
+    steps = {"resampling": lambda: (resample(clip, CLIP_RATE, rate), resample(both_sources, rate, CLIP_RATE)),
+             "model": lambda: separate_song(separator, at_model_rate, rate, chunk_seconds),
+             "path": lambda: separate_song(separator, clip, CLIP_RATE, chunk_seconds)}
+    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)  # warm-up: traces the graph
+    seconds = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+    best = {name: min(values) for name, values in seconds.items()}
+    share = best["resampling"] / best["model"]
+    print(f"Resampling ({model.label}, {CLIP_RATE} <-> {rate} Hz): {1000 * best['resampling']:.0f} ms per clip = "
+          f"{share:.3f} of the model's {1000 * best['model']:.0f} ms (aim: <= {RESAMPLING_AIM:g}); the path at "
+          f"{CLIP_RATE} Hz takes {best['path'] / best['model']:.2f}x the model-rate path's time")
+    return share
+
+
 def peer_rows(realtime: dict, clip: np.ndarray, repeats: int, find_peer=open_unmix_umxhq) -> float | None:
     """Times the peer on the clip and prints each config's fastest runtime as a multiple of it; where the
     peer is not installed, prints that no peer figure is printed. Returns the peer's x realtime, or None."""
@@ -532,6 +564,7 @@ def main(argv=None) -> int:
         realtime = {model.label: speed_rows(model, runtimes, clip, args.chunk_seconds, args.repeats, peak, scratch)
                     for model in args.configs}
         peer_rows(realtime, clip, args.repeats)
+        resampling_row(args.configs[0], clip, args.chunk_seconds, args.repeats, scratch)
         if args.wiener:
             first = args.configs[0]
             post_filter_rows(first, realtime[first.label]["keras-float32"], clip, args.chunk_seconds, args.wiener,

@@ -69,6 +69,7 @@ def test_long_minutes_0_skips_the_memory_test_and_no_peer_figure_without_openunm
         raise AssertionError("--long-minutes 0 ran the memory test")
 
     monkeypatch.setattr(bench, "peak_rss_of_long_separation", no_memory_test)
+    monkeypatch.setattr(bench, "resampling_row", lambda *args: 0.05)
     monkeypatch.setitem(sys.modules, "openunmix", None)  # not importable, whether or not it is installed
     assert bench.main(["--configs", "small", "--runtimes", "keras-float32", "--long-minutes", "0"]) == 0
     printed = capsys.readouterr().out
@@ -87,7 +88,7 @@ def test_a_peer_is_timed_on_the_same_clip_and_each_config_compared_with_it(capsy
     assert seen == [(CLIP_RATE // 2, 2), clip.shape, clip.shape]  # a warm-up, then 2 timed runs of the clip
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"Peer: Fake peer (two sources), measured here on the same clip: {speed:.2f}x")
-    assert lines[1] == f"  small (onnx-float32): 2.00x realtime = {2 / speed:.2f} x Fake peer (aim: >= 1.5)"
+    assert lines[1] == f"  small (onnx-float32): 2.00x realtime = {2 / speed:.2f} x Fake peer (aim: >= {bench.SHIPPED_AIM:g})"
     assert lines[2] == f"  M5 (keras-float32): 0.50x realtime = {0.5 / speed:.2f} x Fake peer"
 
 
@@ -113,6 +114,18 @@ def test_record_writes_each_configs_runtimes_and_the_quality_rows(monkeypatch, t
         ("small-keras-float32", 1.0), ("small-savedmodel-float32", 1.5)]
     assert speed[0]["measured"]["command"] == "python -m bench.separate " + " ".join(argv)
     assert json.loads((tmp_path / "runtime-quality.json").read_text())["rows"][0]["figures"] == scores["keras-float32"]
+
+
+def test_resampling_is_timed_against_the_model_at_its_rate(tmp_path, capsys):
+    clip = np.random.default_rng(0).uniform(-0.3, 0.3, (3 * bench.CLIP_RATE, 2)).astype(np.float32)
+    share = bench.resampling_row(bench.BenchModel.parse("small"), clip, 30.0, 2, tmp_path)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Resampling (small"))
+    resampling_ms = float(line.split("Hz): ")[1].split(" ms per clip")[0])
+    model_ms = float(line.split("of the model's ")[1].split(" ms")[0])
+    assert 0 < share < 1  # resampling is cheaper than the model even at this clip length
+    assert float(line.split(" = ")[1].split(" of")[0]) == pytest.approx(share, abs=5e-4)
+    assert share == pytest.approx(resampling_ms / model_ms, rel=0.1, abs=2e-3)  # the printed ms are rounded
+    assert "(aim: <= 0.1)" in line and float(line.split("takes ")[1].split("x the")[0]) >= 1 - 0.3
 
 
 def test_the_post_filter_is_timed_alone_and_after_the_model(tmp_path, capsys):
