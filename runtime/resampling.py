@@ -101,9 +101,9 @@ def resample_window(window: np.ndarray, plan: WindowPlan, gain: np.ndarray) -> n
     all of it (the caller keeps its centre); ``gain`` is ``plan.gain()``."""
     # float32 in, complex64 out; the channels' transforms on every core (workers=-1)
     spectrum = scipy.fft.rfft(window, axis=0, workers=-1)
-    bins = plan.output_samples(plan.units) // 2 + 1
-    weighted = np.zeros((bins, window.shape[1]), np.complex64)
-    weighted[:len(gain)] = spectrum[:len(gain)] * gain[:, None]
+    weighted = spectrum[:len(gain)]
+    weighted *= gain[:, None]
+    # irfft zero-extends the spectrum to the output's bins itself
     return scipy.fft.irfft(weighted, n=plan.output_samples(plan.units), axis=0, workers=-1)
 
 
@@ -137,7 +137,8 @@ class ResampleStream(_BufferedResampler):
         plan = self.plan
         window_length = plan.input_samples(plan.units)
         window = self.buffer[:window_length]
-        window = np.pad(window, [(0, window_length - len(window)), (0, 0)])
+        if len(window) < window_length:  # the song's end: silence after it
+            window = np.pad(window, [(0, window_length - len(window)), (0, 0)])
         start = plan.output_samples(plan.context_units)
         self.buffer = self.buffer[plan.input_samples(plan.segment_units):]
         return resample_window(window, plan, self.gain)[start:start + plan.output_samples(plan.segment_units)]
