@@ -1,6 +1,9 @@
 """separate.py and runtime/ (chunking, loading): any rate, length and channel count in, the same out;
 chunked equals one pass; bad files are named and skipped."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -142,6 +145,10 @@ def test_a_folder_input_separates_every_audio_file_inside_into_its_relative_path
     outputs = {p.parent.relative_to(tmp_path / "out").as_posix(): sf.info(p).frames
                for p in (tmp_path / "out").rglob("vocals.wav")}
     assert outputs == {"bonus": 1000, "disc 1/01": 2000, "disc 2/01": 3000}
+    # Each output with the mode new files get under the umask (0644 under 022), not a temporary file's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*.wav")} == {0o666 & ~umask}
     # Outputs written inside the folder are not taken for songs on the next run.
     assert separate.main(separate_args(run_dir, album / "separated", album)) == 0
     assert separate.main(separate_args(run_dir, album / "separated", album) + ["--overwrite"]) == 0
