@@ -12,8 +12,12 @@ Signatures:
                    any time -> vocals, accompaniment (same shape); framing inside the graph
   separate_audio   audio_bytes: WAV files (16-bit PCM, any rate, mono or stereo)
                    -> vocals_bytes, accompaniment_bytes (WAV at the input's rate)
+With --wiener VARIANT (mask, emN, mask+emN; runtime/wiener.py), both run the Wiener
+post-filter on the model's outputs at its rate, in TensorFlow ops, and the facts record it
+(post_filter): separate.py, evaluate.py and the server's page then run it in their numpy
+path too (--wiener off turns it off there).
 The model's facts (architecture, config, sample rate, channels, training data,
-project version) are in assets/model.json and printed by
+project version, post-filter) are in assets/model.json and printed by
 ``saved_model_cli show --all --dir export/wavesep/<version>``.
 
     python export.py --model runs/my-run --float16-run pretrained/my-model
@@ -39,6 +43,7 @@ from runtime.chunking import positive_seconds  # noqa: E402
 from runtime.export import ONNX_FILE, ExportError, export_run  # noqa: E402
 from runtime.float16_run import write_float16_run  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL  # noqa: E402
+from runtime.wiener import add_wiener_arguments, settings_from_args  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,6 +60,9 @@ def parse_args(argv=None):
                         help="convert with TF-TRT for NVIDIA GPUs (needs TensorFlow built with TensorRT)")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=5.0,
                         help="audio per model window inside the graph (default: 5)")
+    add_wiener_arguments(parser, "In serving_default and separate_audio, in TensorFlow ops, and recorded in the "
+                                 "facts (assets/model.json post_filter), which separate.py, evaluate.py and the "
+                                 "server's page follow with such an export (default: off).")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.float16_run is None):
         parser.error("give --out (a SavedModel export) or --float16-run (a compact run directory)")
@@ -70,7 +78,8 @@ def main(argv=None) -> int:
             write_float16_run(args.model, args.float16_run)
             return 0
         version_dir = export_run(args.model, args.out, args.version, onnx=args.onnx, trt=args.trt,
-                                 chunk_seconds=args.chunk_seconds)
+                                 chunk_seconds=args.chunk_seconds,
+                                 wiener=settings_from_args(args.wiener, args.wiener_fft))
     except (ExportError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -55,7 +55,7 @@ def next_version(base: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def model_facts(run_dir: Path, run: RunConfig, checkpoint: Path, plan, precision: str) -> ModelFacts:
+def model_facts(run_dir: Path, run: RunConfig, checkpoint: Path, plan, precision: str, wiener=None) -> ModelFacts:
     """The facts of an export of ``run`` (their one writer)."""
     return ModelFacts(
         project="wavesep",
@@ -71,6 +71,7 @@ def model_facts(run_dir: Path, run: RunConfig, checkpoint: Path, plan, precision
         checkpoint=str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
         chunk_plan=dataclasses.asdict(plan),
         precision=precision,
+        post_filter=wiener.to_dict(run.model["sample_rate"]) if wiener is not None and wiener.active else None,
     )
 
 
@@ -82,9 +83,9 @@ def check_saved_model(version_dir: Path, module: SeparationModule, loaded_run, c
     reloaded = tf.saved_model.load(str(version_dir))
     in_graph = reloaded.signatures["serving_default"](waveform=tf.constant(signal[None]))
     keras_path = separate_song(keras_separator(loaded_run.model, loaded_run.arch, loaded_run.config, "keras"),
-                               signal, module.sample_rate, chunk_seconds=chunk_seconds)
+                               signal, module.sample_rate, chunk_seconds=chunk_seconds, wiener=module.wiener)
     windows_path = separate_song(saved_model_separator(version_dir, reloaded), signal, module.sample_rate,
-                                 chunk_seconds=chunk_seconds)
+                                 chunk_seconds=chunk_seconds, wiener=module.wiener)
     return max(float(np.max(np.abs(estimates[s] - keras_path[s])))
                for estimates in ({s: e.numpy()[0] for s, e in in_graph.items()}, windows_path) for s in keras_path)
 
@@ -145,8 +146,9 @@ def convert_with_tensorrt(saved_model_dir: Path, output_dir: Path, precision: st
 
 
 def export_run(run_dir, base_dir, version: int | None = None, onnx: bool = False, trt: str | None = None,
-               chunk_seconds: float = 5.0, log=print) -> Path:
-    """Exports a run directory's model to ``base_dir/<version>/``; returns that folder."""
+               chunk_seconds: float = 5.0, log=print, wiener=None) -> Path:
+    """Exports a run directory's model to ``base_dir/<version>/``; returns that folder.
+    ``wiener``: a Wiener post-filter (runtime.wiener.WienerSettings) in its graph, in its facts."""
     if trt is not None and not tensorrt_available():
         raise ExportError(TENSORRT_MISSING.format(version=tf.__version__))
     run_dir, base_dir = Path(run_dir), Path(base_dir)
@@ -162,8 +164,8 @@ def export_run(run_dir, base_dir, version: int | None = None, onnx: bool = False
         raise ExportError(f"{version_dir} exists already; pick another --version or leave it out")
 
     plan = architecture.chunk_plan(loaded.config, max(1, int(chunk_seconds * loaded.config.sample_rate)))
-    facts = model_facts(run_dir, run, loaded.checkpoint, plan, trt or "float32")
-    module = SeparationModule(loaded.model, architecture, loaded.config, plan, facts.to_dict())
+    facts = model_facts(run_dir, run, loaded.checkpoint, plan, trt or "float32", wiener)
+    module = SeparationModule(loaded.model, architecture, loaded.config, plan, facts.to_dict(), wiener=wiener)
     base_dir.mkdir(parents=True, exist_ok=True)
     # The temporary folders sit beside the versions (same file system: the rename is
     # atomic) under names that are not integers, which servers ignore.

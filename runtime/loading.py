@@ -14,6 +14,7 @@ import tensorflow as tf
 from models.registry import ARCHITECTURES, build_in_precision
 from runtime.cpu import this_cpu
 from runtime.model_facts import ModelFacts
+from runtime.wiener import WienerSettings
 from runtime.run_directory import RunDirectory
 from runtime.separator import Separator, keras_separator
 
@@ -83,7 +84,7 @@ def _separator_from_facts(forward, facts: ModelFacts, source: str, runtime: str,
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
                      chunk_plan=functools.partial(architecture.chunk_plan, config), source=source,
                      description=f"{facts.arch} ({runtime})", one_pass=architecture.separates_in_one_pass(config),
-                     incremental=incremental)
+                     incremental=incremental, wiener=WienerSettings.from_dict(facts.post_filter))
 
 
 def _saved_model_incremental(loaded, facts: ModelFacts):

@@ -30,6 +30,7 @@ class ModelFacts:
     checkpoint: str  # the weights exported, relative to the run directory where inside it
     chunk_plan: dict  # models.framing.ChunkPlan of the graph's windows, as a dict
     precision: str  # float32, or the TF-TRT precision (fp32, fp16)
+    post_filter: dict | None = None  # the graph's Wiener post-filter (runtime.wiener.WienerSettings.to_dict), if any
 
     @staticmethod
     def path(version_dir) -> Path:
@@ -59,14 +60,15 @@ class ModelFacts:
                    channels=raw.get("channels", model.get("channels")),
                    sources=tuple(raw.get("sources", ())), training_data=raw.get("training_data"),
                    training=raw.get("training"), checkpoint=raw.get("checkpoint", ""),
-                   chunk_plan=raw.get("chunk_plan", {}), precision=raw.get("precision", "float32"))
+                   chunk_plan=raw.get("chunk_plan", {}), precision=raw.get("precision", "float32"),
+                   post_filter=raw.get("post_filter"))
 
     def to_dict(self) -> dict:
         return {"project": self.project, "project_version": self.project_version, "arch": self.arch,
                 "config_name": self.config_name, "model": self.model, "sample_rate": self.sample_rate,
                 "channels": self.channels, "sources": list(self.sources), "training_data": self.training_data,
                 "training": self.training, "checkpoint": self.checkpoint, "chunk_plan": self.chunk_plan,
-                "precision": self.precision}
+                "precision": self.precision, "post_filter": self.post_filter}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)

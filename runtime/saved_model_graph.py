@@ -21,8 +21,11 @@ argument so that ``saved_model_cli show --all`` prints them). Framing is
 ``models.framing``'s ``frame_tf``/``stitch_tf`` with the architecture's
 ``ChunkPlan``: the same windows as separate.py's chunked path. Resampling
 (``resample_tf``) and songs whose channels are not the model's follow
-``runtime.resampling`` and ``runtime.channels``, the numpy path's rules too. Core TF
-ops only, so a stock TF Serving binary runs it.
+``runtime.resampling`` and ``runtime.channels``, the numpy path's rules too. An export
+made with a Wiener post-filter (``wiener``, in the facts' ``post_filter``) runs it in
+serving_default and separate_audio on the model's outputs at its rate
+(``runtime.wiener_graph``, as ``runtime.chunking.SongSeparation`` does); separate_windows
+stays one model call. Core TF ops only, so a stock TF Serving binary runs it.
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ class SeparationModule(tf.Module):
     """A Keras separator as a SavedModel: see the module docstring."""
 
     def __init__(self, model: keras.Model, architecture: Architecture, config, plan: ChunkPlan, facts: dict,
-                 windows_per_call: int = 4):
+                 windows_per_call: int = 4, wiener=None):
         super().__init__(name="wavesep")
         self._model = model  # its variables are tracked below; the Keras object itself is not saved
         self.model_variables = list(model.variables)
@@ -109,6 +112,7 @@ class SeparationModule(tf.Module):
         self.sample_rate = config.sample_rate
         self.plan = plan
         self.windows_per_call = windows_per_call
+        self.wiener = wiener if wiener is not None and wiener.active else None  # runtime.wiener.WienerSettings
         self.facts_json = json.dumps(facts, sort_keys=True)
 
         self.window_spec = tf.TensorSpec([None, None, self.channels], tf.float32, name="windows")
@@ -160,7 +164,11 @@ class SeparationModule(tf.Module):
             [2, None, plan.output_length, channels], tf.float32))
         outputs = tf.reshape(tf.transpose(outputs, [1, 0, 2, 3, 4]), [2, -1, plan.output_length, channels])
         length = tf.shape(song)[0]
-        return stitch_tf(outputs[0, :count], plan, length), stitch_tf(outputs[1, :count], plan, length)
+        vocals, accompaniment = stitch_tf(outputs[0, :count], plan, length), stitch_tf(outputs[1, :count], plan, length)
+        if self.wiener is not None:
+            from runtime.wiener_graph import wiener_tf
+            vocals, accompaniment = wiener_tf(song, vocals, accompaniment, self.wiener, self.sample_rate)
+        return vocals, accompaniment
 
     def _serving_default(self, waveform):
         vocals, accompaniment = tf.map_fn(

@@ -30,6 +30,7 @@ class Separator:
     one_pass: bool = True  # no sampling decoder: can separate live (Architecture.separates_in_one_pass)
     incremental: Callable | None = None  # (batch) -> a stream executor (Architecture.incremental), if any
     precision: str = "float32"  # what the model computes in (a run directory's may be bfloat16)
+    wiener: object = None  # the model's own Wiener post-filter (runtime.wiener.WienerSettings: an export's), if any
 
     def passes(self, input_channels: int) -> int:
         """Model passes over a song: a mono model runs once per channel of a stereo song."""

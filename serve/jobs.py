@@ -119,7 +119,9 @@ class JobRunner:
                 job.facts = {"sample_rate": rate, "channels": audio.shape[1], "seconds": len(audio) / rate,
                              "version": version.number}
                 job.state = "separating"
+                # The export's own Wiener post-filter (its facts), as its graph runs it.
                 estimates = await run_in_threadpool(separate_song, separator, audio, rate, chunk_seconds=CHUNK_SECONDS,
+                                                    wiener=separator.wiener,
                                                     progress=progress_counter(job, len(audio) * separator.sample_rate
                                                                               / rate))
             del audio
