@@ -149,9 +149,9 @@ def test_precision_and_chunk_seconds_reach_the_separator(tmp_path, monkeypatch):
         calls["precision"] = precision
         return real_load(path, precision)
 
-    def separate_song(*args, chunk_seconds):
+    def separate_song(*args, chunk_seconds, wiener=None):
         calls["chunk_seconds"] = chunk_seconds
-        return real_separate(*args, chunk_seconds=chunk_seconds)
+        return real_separate(*args, chunk_seconds=chunk_seconds, wiener=wiener)
 
     monkeypatch.setattr(evaluate, "load_separator", load_separator)
     monkeypatch.setattr(scoring, "separate_song", separate_song)
