@@ -53,6 +53,7 @@ from models.architecture import SOURCES
 
 EPS = float(np.finfo(np.float32).eps)  # norbert's eps for single precision
 REFERENCE_FFT = 4096, 44100  # Open-Unmix's STFT: 4096 points at 44.1 kHz
+FRAMES_AT_ONCE = 256  # STFT frames computed and masked together (bounds the intermediates' memory)
 
 
 def default_fft(sample_rate: int) -> int:
@@ -214,6 +215,8 @@ def expectation_maximization(mixture: np.ndarray, estimates: np.ndarray, iterati
     x = (mixture / scale).astype(np.complex64)
     y = (estimates / scale).astype(np.complex64)
     channels = x.shape[-1]
+    if channels == 2:
+        return _stereo_em(x, y, iterations) * np.float32(scale)
     regularisation = np.float32(np.sqrt(EPS)) * np.eye(channels, dtype=np.complex64)
     for _ in range(iterations):
         power = np.mean(np.abs(y) ** 2, axis=2)  # [frames, bins, sources]
@@ -223,6 +226,29 @@ def expectation_maximization(mixture: np.ndarray, estimates: np.ndarray, iterati
         z = np.einsum("fbij,fbj->fbi", _inverse(mix_covariance), x)  # C^-1 x
         y = power[:, :, None, :] * np.einsum("bsij,fbj->fbis", covariance, z)
     return (y * scale).astype(np.complex64)
+
+
+def _stereo_em(x: np.ndarray, y: np.ndarray, iterations: int) -> np.ndarray:
+    """``expectation_maximization``'s iterations for two channels, the 2x2 Hermitian matrices
+    written out (real diagonals, one complex off-diagonal): the same arithmetic, fewer
+    operations."""
+    regularisation = np.float32(np.sqrt(EPS))
+    x0, x1 = x[:, :, 0, None], x[:, :, 1, None]  # [frames, bins, 1]
+    for _ in range(iterations):
+        y0, y1 = y[:, :, 0], y[:, :, 1]  # [frames, bins, sources]
+        p0, p1 = y0.real ** 2 + y0.imag ** 2, y1.real ** 2 + y1.imag ** 2
+        power = (p0 + p1) / 2
+        total = EPS + power.sum(0)  # [bins, sources]
+        r00, r11 = p0.sum(0) / total, p1.sum(0) / total
+        r01 = (y0 * y1.conj()).sum(0) / total
+        c00 = (power * r00).sum(-1, keepdims=True) + regularisation  # [frames, bins, 1]
+        c11 = (power * r11).sum(-1, keepdims=True) + regularisation
+        c01 = (power * r01).sum(-1, keepdims=True)
+        det = c00 * c11 - (c01.real ** 2 + c01.imag ** 2)
+        z0 = (c11 * x0 - c01 * x1) / det
+        z1 = (c00 * x1 - c01.conj() * x0) / det
+        y = np.stack([power * (r00 * z0 + r01 * z1), power * (r01.conj() * z0 + r11 * z1)], axis=2)
+    return y.astype(np.complex64)
 
 
 def em_scale(mixture: np.ndarray) -> float:
@@ -298,19 +324,24 @@ class WienerStream:
         if not last:
             # only samples of the song so far (not the zeros after its end)
             available = min(available, (half + self.received - self.n_fft) // self.hop + 1)
-        count = max(0, (total if last else available) - self.frames_done)
-        if count:
-            offset = self.frames_done * self.hop - self.start
-            frames = np.lib.stride_tricks.sliding_window_view(
-                self.samples[offset:offset + (count - 1) * self.hop + self.n_fft], self.n_fft, axis=0)[::self.hop]
-            spectra = scipy.fft.rfft(frames * self.window, axis=-1)  # [frames, columns, bins]
-            spectra = spectra.reshape(count, 1 + len(SOURCES), self.channels, -1).transpose(0, 3, 2, 1)
-            self.frames_done += count
-            drop = self.frames_done * self.hop - self.start
-            self.samples, self.start = self.samples[drop:], self.start + drop
-            self._refine(spectra.astype(np.complex64), last, total)
-        elif last:
-            self._refine(self.spectra[:0], last, total)
+        remaining = max(0, (total if last else available) - self.frames_done)
+        while True:  # at most FRAMES_AT_ONCE frames at a time: the intermediates stay small
+            count = min(remaining, FRAMES_AT_ONCE)
+            remaining -= count
+            if count:
+                offset = self.frames_done * self.hop - self.start
+                frames = np.lib.stride_tricks.sliding_window_view(
+                    self.samples[offset:offset + (count - 1) * self.hop + self.n_fft], self.n_fft, axis=0)[::self.hop]
+                spectra = scipy.fft.rfft(frames * self.window, axis=-1)  # [frames, columns, bins]
+                spectra = spectra.reshape(count, 1 + len(SOURCES), self.channels, -1).transpose(0, 3, 2, 1)
+                self.frames_done += count
+                drop = self.frames_done * self.hop - self.start
+                self.samples, self.start = self.samples[drop:], self.start + drop
+                self._refine(spectra.astype(np.complex64), last and not remaining, total)
+            elif last:
+                self._refine(self.spectra[:0], True, total)
+            if not remaining:
+                return
 
     def _refine(self, spectra: np.ndarray, last: bool, total: int | None) -> None:
         settings = self.settings
