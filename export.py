@@ -62,7 +62,8 @@ def parse_args(argv=None):
                         help="audio per model window inside the graph (default: 5)")
     add_wiener_arguments(parser, "In serving_default and separate_audio, in TensorFlow ops, and recorded in the "
                                  "facts (assets/model.json post_filter), which separate.py, evaluate.py and the "
-                                 "server's page follow with such an export (default: off).")
+                                 "server's page follow with such an export (default: the run's own, config.json's post_filter: "
+                                 "mask for the shipped model; off for a run without one).")
     args = parser.parse_args(argv)
     if (args.out is None) == (args.float16_run is None):
         parser.error("give --out (a SavedModel export) or --float16-run (a compact run directory)")

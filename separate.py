@@ -71,8 +71,9 @@ def parse_args(argv=None):
                              "stream's delay is the same on every machine")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=30.0,
                         help="audio per model call; lower it to use less memory (default: 30)")
-    add_wiener_arguments(parser, "Default: the model's own (off; an export made with export.py --wiener "
-                                 "has the variant it was made with). Not with --live.")
+    add_wiener_arguments(parser, "Default: the model's own: a run directory's config.json post_filter (mask "
+                                 "for the shipped model), an export's facts; off for a model without one. "
+                                 "--live streams always run without it (its STFT would add latency).")
     live = parser.add_argument_group("live separation (raw PCM in, one source out; instead of INPUT files)")
     live.add_argument("--live", metavar="PCM", help="raw interleaved PCM to separate as it arrives: a file, "
                                                     "a FIFO, or - for stdin; the separated source goes to stdout")

@@ -148,12 +148,14 @@ def convert_with_tensorrt(saved_model_dir: Path, output_dir: Path, precision: st
 def export_run(run_dir, base_dir, version: int | None = None, onnx: bool = False, trt: str | None = None,
                chunk_seconds: float = 5.0, log=print, wiener=None) -> Path:
     """Exports a run directory's model to ``base_dir/<version>/``; returns that folder.
-    ``wiener``: a Wiener post-filter (runtime.wiener.WienerSettings) in its graph, in its facts."""
+    ``wiener``: a Wiener post-filter (runtime.wiener.WienerSettings) in its graph, in its facts;
+    None: the run's own (config.json's post_filter), if any."""
     if trt is not None and not tensorrt_available():
         raise ExportError(TENSORRT_MISSING.format(version=tf.__version__))
     run_dir, base_dir = Path(run_dir), Path(base_dir)
     run = RunDirectory(run_dir).read_config()
     loaded = load_run(run_dir)
+    wiener = loaded.wiener if wiener is None else wiener
     architecture = ARCHITECTURES[loaded.arch]
     if onnx and architecture.generator(loaded.config) is not None:
         raise ExportError(f"--onnx writes one model call on chunk windows; {run.config_name} ({loaded.arch}) "

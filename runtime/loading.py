@@ -4,7 +4,7 @@ Runtime), each as a ``Separator``; the precision a model runs in."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -59,6 +59,7 @@ class LoadedRun:
     arch: str
     config: object  # the architecture's config dataclass
     checkpoint: Path
+    wiener: WienerSettings | None = None  # the run's default post-filter (config.json's post_filter), if any
 
 
 def load_run(path, precision: str = "float32") -> LoadedRun:
@@ -73,7 +74,8 @@ def load_run(path, precision: str = "float32") -> LoadedRun:
     config = architecture.config_from_dict(run.model)
     model = build_in_precision(architecture.build, config, precision)
     checkpoint = run_directory.load_weights(model)
-    return LoadedRun(model, run.arch, config, checkpoint)
+    wiener = None if run.post_filter is None else WienerSettings.parse(run.post_filter)
+    return LoadedRun(model, run.arch, config, checkpoint, wiener)
 
 
 def _separator_from_facts(forward, facts: ModelFacts, source: str, runtime: str, incremental=None) -> Separator:
@@ -168,4 +170,4 @@ def load_separator(path, precision: str = "float32") -> Separator:
     if exported:
         return saved_model_separator(path)
     run = load_run(path, precision)
-    return keras_separator(run.model, run.arch, run.config, str(run.checkpoint))
+    return replace(keras_separator(run.model, run.arch, run.config, str(run.checkpoint)), wiener=run.wiener)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 # config.json's keys, in the order they are written.
-CONFIG_KEYS = ("arch", "config_name", "model", "data", "training")
+CONFIG_KEYS = ("arch", "config_name", "model", "data", "training", "post_filter")
 # best.float16.npz's entry beside the weights: the max abs difference of the separation
 # with them from the float32 weights' (absent from files written before it was recorded).
 FLOAT16_CHECK_KEY = "check:max_abs_difference"
@@ -35,7 +35,8 @@ class RunConfig:
     ``small``), the architecture's config (``model``, its ``to_dict()``, from which the model
     is rebuilt), the training data (``data``: dataset, data_root, mix_weights, select_on,
     cache_dir, synthetic_songs) and the training settings (``training``: steps, batch_size,
-    learning_rate, ..., init_from). A run made by hand (a test's, a benchmark's) may lack
+    learning_rate, ..., init_from) and the post-filter its separations take by default
+    (``post_filter``: a ``runtime.wiener`` variant name such as ``mask``; absent: none). A run made by hand (a test's, a benchmark's) may lack
     ``config_name``, ``data`` and ``training``; they are then None and left out of the file.
 
     ``run["training"]`` reads a section by its name in the file, as code written against
@@ -46,6 +47,7 @@ class RunConfig:
     config_name: str | None = None
     data: dict | None = None
     training: dict | None = None
+    post_filter: str | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping, source: str = "config.json") -> "RunConfig":
@@ -54,7 +56,7 @@ class RunConfig:
         if missing:
             raise ValueError(f"{source}: no {' or '.join(repr(key) for key in missing)}")
         return cls(arch=raw["arch"], model=raw["model"], config_name=raw.get("config_name"), data=raw.get("data"),
-                   training=raw.get("training"))
+                   training=raw.get("training"), post_filter=raw.get("post_filter"))
 
     @classmethod
     def of(cls, run: "RunConfig | Mapping") -> "RunConfig":

@@ -2,11 +2,17 @@
 the model's outputs at the model's rate, with the model input, before they go back to the
 song's rate (separate.py, evaluate.py, bench and the page go through it); block by block
 equals the whole song; separate.py --wiener writes it; --live refuses it."""
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 import separate
-from data_pipeline.audio import load_audio
+from data_pipeline.audio import load_audio, write_wav
+from runtime import export
+from runtime.model_facts import ModelFacts
+from runtime.run_directory import RunDirectory
 from runtime.chunking import SongSeparation, separate_song
 from runtime.loading import load_separator
 from runtime.wiener import WienerSettings, model_wiener, wiener_filter
@@ -92,3 +98,31 @@ def test_the_models_own_variant_is_the_default_and_off_turns_it_off(separator):
     assert model_wiener(Exported, None, 1024) == WienerSettings(0, 1024, True)
     assert model_wiener(Exported, WienerSettings.parse("off"), None) is None
     assert model_wiener(separator, WienerSettings.parse("em2"), 512) == WienerSettings(2, 512)
+
+
+def test_a_runs_post_filter_is_its_default_in_separate_py_and_its_export(run_dir, tmp_path, capsys):
+    """config.json's post_filter (the shipped model's: mask) is what a run separates with unless told
+    otherwise, and what its export puts in the graph and the facts."""
+    own = tmp_path / "with-mask"
+    shutil.copytree(run_dir, own)
+    config = json.loads((own / "config.json").read_text())
+    (own / "config.json").write_text(json.dumps({**config, "post_filter": "mask"}))
+    assert RunDirectory(own).read_config().to_dict()["post_filter"] == "mask"
+    separator = load_separator(own)
+    assert separator.wiener == WienerSettings.parse("mask")
+    mix = song(RATE)
+    masked = separate_song(separator, mix, RATE, wiener=model_wiener(separator, None, None))
+    plain = separate_song(separator, mix, RATE)
+    assert np.abs(masked["vocals"] - plain["vocals"]).max() > 1e-3  # the filter does something here
+    written = {}
+    for name, extra in (("default", []), ("off", ["--wiener", "off"])):
+        out = tmp_path / name
+        sf_path = tmp_path / "song.wav"
+        write_wav(sf_path, mix, RATE, subtype="FLOAT")
+        assert separate.main([str(sf_path), "--model", str(own), "--out", str(out)] + extra) == 0
+        written[name] = load_audio(out / "song" / "vocals.wav", RATE)[0]
+    np.testing.assert_allclose(written["default"], np.clip(masked["vocals"], -1, 1), atol=2 ** -15)
+    np.testing.assert_allclose(written["off"], np.clip(plain["vocals"], -1, 1), atol=2 ** -15)
+    version = export.export_run(own, tmp_path / "export", log=lambda message: None, chunk_seconds=0.5)
+    assert ModelFacts.read(version).post_filter["wiener"] == "mask"
+    assert load_separator(version).wiener.name == "mask"
