@@ -13,9 +13,10 @@ separates the catalog with:
   (c) the server: the model exported, ``python -m serve`` on 127.0.0.1 (its start and the
       export not timed), and ``python -m serve.client`` over the files, as a user would.
 Each is a fresh command, timed from its start to its end (model loading included), and
-prints songs separated and failed, seconds of audio, songs per hour, x realtime, and the
-peak RSS (VmHWM, read from /proc while it runs) of its largest process: the pipeline's
-per worker process and of its driver, the server's. Then the pipeline's throughput over
+prints songs separated and failed, seconds of audio, wall and CPU seconds (user + system
+of all its processes: on a shared machine, what the others left it shows there), songs
+per hour, x realtime, and the peak RSS (VmHWM, read from /proc while it runs): the
+pipeline's per worker process and of its driver, separate.py's, the server's. Then the pipeline's throughput over
 separate.py's (same cores, same run: the target is >= 0.8), and a resume check: the
 pipeline over the first artist's folder, killed (with its workers) once a quarter of its
 songs are finished, then run again: it must skip every song finished before the kill,
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -174,6 +176,7 @@ class Outcome:
     failed: int
     audio_seconds: float
     wall_seconds: float
+    cpu_seconds: float  # user + system, every process of the method
     peak: str  # peak RSS, in words
 
     @property
@@ -186,18 +189,30 @@ class Outcome:
 
     def row(self) -> str:
         return (f"{self.method:34s} {self.songs:6d} {self.failed:7d} {self.audio_seconds:9.0f} {self.wall_seconds:8.1f} "
-                f"{self.songs_per_hour:9.0f} {self.realtime:11.1f}x  {self.peak}")
+                f"{self.cpu_seconds:7.0f} {self.songs_per_hour:9.0f} {self.realtime:11.1f}x  {self.peak}")
 
 
-def timed(command: list[str], log: Path) -> tuple[float, int, dict]:
-    """(wall seconds, exit status, peaks) of a command run to its end, its output in ``log``."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(command: list[str], log: Path) -> tuple[float, int, dict, float]:
+    """(wall seconds, exit status, peaks, CPU seconds of it and the processes it waited for)
+    of a command run to its end, its output in ``log``."""
     with open(log, "wb") as output:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), children_cpu()
         process = subprocess.Popen(command, cwd=REPOSITORY, stdout=output, stderr=subprocess.STDOUT)
         memory = PeakMemory(process.pid)
         code = process.wait()
         wall = time.perf_counter() - start
-    return wall, code, memory.finish()
+    return wall, code, memory.finish(), children_cpu() - cpu
 
 
 def outputs_done(out: Path) -> list[Path]:
@@ -222,21 +237,22 @@ def pipeline_command(root: Path, out: Path, model: str, mode: str) -> list[str]:
 
 
 def run_pipeline(root: Path, out: Path, model: str, folder: Path, mode: str) -> Outcome:
-    wall, code, peaks = timed(pipeline_command(root, out, model, mode), folder / "pipeline.log")
+    wall, code, peaks, cpu = timed(pipeline_command(root, out, model, mode), folder / "pipeline.log")
     if code not in (0, 1):
         raise SystemExit(f"the pipeline failed ({code}):\n{(folder / 'pipeline.log').read_text()[-3000:]}")
     failed = len((out / "dead-letter.jsonl").read_text().splitlines())
     done = outputs_done(out)
-    return Outcome("(a) Beam pipeline (DirectRunner)", len(done), failed, song_seconds(done), wall, worker_peaks(peaks))
+    return Outcome("(a) Beam pipeline (DirectRunner)", len(done), failed, song_seconds(done), wall, cpu,
+                   worker_peaks(peaks))
 
 
 def run_separate(root: Path, out: Path, model: str, folder: Path, mode: str) -> Outcome:
-    wall, code, peaks = timed([sys.executable, "separate.py", str(root), "--model", model, "--out", str(out)],
-                              folder / "separate.log")
+    wall, code, peaks, cpu = timed([sys.executable, "separate.py", str(root), "--model", model, "--out", str(out)],
+                                   folder / "separate.log")
     failed = (folder / "separate.log").read_text().count("(skipped)")
     done = outputs_done(out)
     peak = max(gib for gib, _ in peaks.values())
-    return Outcome("(b) separate.py", len(done), failed, song_seconds(done), wall, f"{peak:.2f} GiB")
+    return Outcome("(b) separate.py", len(done), failed, song_seconds(done), wall, cpu, f"{peak:.2f} GiB")
 
 
 def run_server(root: Path, out: Path, model: str, folder: Path, mode: str) -> Outcome:
@@ -247,16 +263,17 @@ def run_server(root: Path, out: Path, model: str, folder: Path, mode: str) -> Ou
     export_run(model, base, log=lambda message: None)
     server, url = start_server(base, folder / "server.log")
     try:
-        memory = PeakMemory(server.pid)
+        memory, server_cpu = PeakMemory(server.pid), process_cpu(server.pid)
         files = sorted(str(path) for path in root.rglob("*") if path.suffix in (".wav", ".flac", ".mp3"))
-        wall, code, _ = timed([sys.executable, "-m", "serve.client", *files, "--url", url, "--out", str(out)],
-                              folder / "client.log")
+        wall, code, _, cpu = timed([sys.executable, "-m", "serve.client", *files, "--url", url, "--out", str(out)],
+                                   folder / "client.log")
+        cpu += process_cpu(server.pid) - server_cpu
         server_peak = max(gib for gib, _ in memory.finish().values())
     finally:
         stop_server(server)
     failed = (folder / "client.log").read_text().count("(skipped)")
     done = outputs_done(out)
-    return Outcome("(c) server + serve.client", len(done), failed, song_seconds(done), wall,
+    return Outcome("(c) server + serve.client", len(done), failed, song_seconds(done), wall, cpu,
                    f"server {server_peak:.2f} GiB")
 
 
@@ -327,7 +344,7 @@ def main(argv=None) -> int:
         print(f"Catalog: {len(specs)} songs + {len(BAD_FILES)} bad files, {audio / 60:.1f} min of audio "
               f"({args.min_song_seconds:g}-{args.max_song_seconds:g} s each; WAV/FLAC/MP3; "
               f"{'made in %.0f s' % made if made else 'reused'}) at {root}; model {args.model}")
-        print(f"{'method':34s} {'songs':>6s} {'failed':>7s} {'audio s':>9s} {'wall s':>8s} {'songs/h':>9s} "
+        print(f"{'method':34s} {'songs':>6s} {'failed':>7s} {'audio s':>9s} {'wall s':>8s} {'CPU s':>7s} {'songs/h':>9s} "
               f"{'x realtime':>12s}  peak RSS")
         outcomes = {}
         runs = {"pipeline": run_pipeline, "separate": run_separate, "server": run_server}
@@ -352,6 +369,7 @@ def main(argv=None) -> int:
             records.record_row("catalog-speed", method, {
                 "songs": outcome.songs, "audio_hours": round(outcome.audio_seconds / 3600, 2),
                 "songs_per_hour": round(outcome.songs_per_hour), "realtime": round(outcome.realtime, 1),
+                "wall_seconds": round(outcome.wall_seconds), "cpu_seconds": round(outcome.cpu_seconds),
                 "ratio": round(outcome.realtime / outcomes["separate"].realtime, 2) if "separate" in outcomes else 0,
                 "peak": outcome.peak}, how)
         print("Recorded in docs/results/catalog-speed.json")

@@ -47,6 +47,7 @@ from pipelines.songs import DECODED, DecodedSong, InputError, Song, cut, decode,
 from runtime.chunking import join_outputs, kept_outputs, positive_seconds, song_from_model  # noqa: E402
 from runtime.loading import PRETRAINED_MODEL  # noqa: E402
 from runtime.separator import Separator  # noqa: E402
+from runtime.wiener import add_wiener_arguments, model_wiener  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 NAMESPACE = "wavesep_catalog"  # the counters' namespace (and RunInference's)
@@ -68,6 +69,7 @@ class Settings:
     model_channels: int
     plan: ChunkPlan
     max_seconds: float
+    wiener: object = None  # the post-filter (runtime.wiener.WienerSettings), as separate.py chooses it; None: off
 
     def model_facts(self) -> Separator:
         """The model's rate, channels and plan, as ``song_from_model`` needs them (no model)."""
@@ -136,9 +138,10 @@ class CutSongs(beam.DoFn):
 def final_sources(settings: Settings, decoded: DecodedSong, model_outputs: dict) -> dict:
     """The one place where a song's model outputs (its windows' kept outputs, joined, at
     the model's rate) become its final sources, as separate.py's path makes them
-    (``runtime.chunking.song_from_model``). A post-filter added there belongs here too."""
+    (``runtime.chunking.song_from_model``: the Wiener post-filter, if any, the sources
+    back at the song's rate). Whatever separate.py's path adds after the model goes here."""
     return song_from_model(settings.model_facts(), decoded.audio, decoded.sample_rate, decoded.model_input,
-                           model_outputs)
+                           model_outputs, settings.wiener)
 
 
 class SongParts:
@@ -265,6 +268,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--format", choices=outputs.FORMATS, default="wav", help="output format (default: wav)")
     parser.add_argument("--precision", choices=["auto", *sorted(PRECISIONS)], default="auto",
                         help="as separate.py's --precision (default: auto)")
+    add_wiener_arguments(parser, "Default: the model's own, as separate.py (a run directory's config.json "
+                                 "post_filter, an export's facts; the shipped model's is mask).")
     parser.add_argument("--chunk-seconds", type=positive_seconds, default=DEFAULT_CHUNK_SECONDS,
                         help=f"audio per window (default: {DEFAULT_CHUNK_SECONDS:g})")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -380,16 +385,20 @@ def main(argv=None) -> int:
         return 2
     try:
         separator, precision = load_model_facts(args.model, args.precision)
-        model = fingerprint(args.model, precision)
+        wiener = model_wiener(separator, args.wiener, args.wiener_fft)
+        post_filter = "off" if wiener is None else wiener.describe(separator.sample_rate)
+        model = fingerprint(args.model, precision, post_filter)
     except Exception as error:  # whatever the model's files or loaders raise: none can be separated
         print(f"error: --model {args.model} cannot be loaded: {error}", file=sys.stderr)
         return 2
     plan = separator.chunk_plan(max(1, int(args.chunk_seconds * separator.sample_rate)))
-    settings = Settings(output, args.format, model, separator.sample_rate, separator.channels, plan, args.max_seconds)
+    settings = Settings(output, args.format, model, separator.sample_rate, separator.channels, plan, args.max_seconds,
+                        wiener)
     handler = SeparatorModelHandler(args.model, precision, args.batch_size, worker_threads(args))
     options = pipeline_options(args, beam_args)
     print(f"catalog: {len(songs)} songs from {args.input} -> {output}/ ({args.format}); model {separator.source} "
-          f"({separator.description}, {separator.sample_rate} Hz, {precision}, fingerprint {model[:12]}); windows "
+          f"({separator.description}, {separator.sample_rate} Hz, {precision}; post-filter: {post_filter}; "
+          f"fingerprint {model[:12]}); windows "
           f"of {plan.input_length} samples, {args.batch_size} per model call; {args.runner}"
           + (f", {args.direct_num_workers} workers ({args.direct_running_mode})"
              if args.runner in ("DirectRunner", "direct") else ""), file=sys.stderr, flush=True)

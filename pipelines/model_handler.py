@@ -61,10 +61,11 @@ def _relative(model: str, path: str) -> str:
     return os.path.basename(path) if model.endswith(ONNX_SUFFIX) else path[len(model.rstrip("/")) + 1:]
 
 
-def fingerprint(model: str, precision: str) -> str:
+def fingerprint(model: str, precision: str, post_filter: str = "off") -> str:
     """sha256 over the model's files (``model_files``: names relative to the model and
-    contents) and the precision it runs in: the same model gives the same outputs."""
-    digest = hashlib.sha256(f"precision {precision}\n".encode())
+    contents), the precision it runs in and its post-filter (in words): the same
+    fingerprint, the same outputs."""
+    digest = hashlib.sha256(f"precision {precision}\npost-filter {post_filter}\n".encode())
     for path in model_files(model):
         content = hashlib.sha256()
         with FileSystems.open(path, compression_type="uncompressed") as file:

@@ -85,15 +85,18 @@ def write_song(output: str, song: Song, sources: dict, sample_rate: int, audio_f
     record = {"model": model, "input": song.path, "input_size": song.size, "input_mtime": song.mtime,
               "format": audio_format, "outputs": sizes, "seconds": round(seconds, 3), "sample_rate": sample_rate,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if is_local(folder):
+        _remove_leftovers(Path(folder), RECORD)
     write_bytes(FileSystems.join(folder, RECORD), (json.dumps(record, indent=1) + "\n").encode())
     return record
 
 
 def _remove_leftovers(folder: Path, name: str) -> None:
-    """WavWriter's temporary files for ``name`` left by a run killed while writing it."""
+    """The temporary files of ``name`` (WavWriter's, write_bytes') left by a run killed while writing it."""
     stem, suffix = os.path.splitext(name)
-    for leftover in folder.glob(f".{stem}.*{suffix}") if folder.is_dir() else []:
-        leftover.unlink(missing_ok=True)
+    for pattern in (f".{stem}.*{suffix}", f".{name}.*"):
+        for leftover in folder.glob(pattern) if folder.is_dir() else []:
+            leftover.unlink(missing_ok=True)
 
 
 def read_record(output: str, song: Song) -> dict | None:

@@ -262,13 +262,14 @@ class _Ready:
 
 
 def song_from_model(separator: Separator, audio: np.ndarray, sample_rate: int, model_input: np.ndarray,
-                    outputs: dict) -> dict:
+                    outputs: dict, wiener=None) -> dict:
     """A whole song's final sources from the model's outputs on its windows, computed
     elsewhere (e.g. batched across songs): ``outputs`` are ``join_outputs`` of every
     window's ``kept_outputs``, as long as ``model_input`` (``song_to_model``'s). The rest
-    is ``SongSeparation``'s own path after the model (the sources back at the song's rate,
-    what the round trip loses in the accompaniment), so the result is ``separate_song``'s.
-    ``separator`` needs only its rate, channels and chunk plan: no model is run here."""
+    is ``SongSeparation``'s own path after the model (the post-filter ``wiener``, if any;
+    the sources back at the song's rate, what the round trip loses in the accompaniment),
+    so the result is ``separate_song``'s with the same ``wiener``. ``separator`` needs only
+    its rate, channels and chunk plan: no model is run here."""
     model_rate = separator.sample_rate
     lengths = {source: len(output) for source, output in outputs.items()}
     if set(lengths.values()) != {len(model_input)}:
@@ -279,7 +280,12 @@ def song_from_model(separator: Separator, audio: np.ndarray, sample_rate: int, m
             return _Ready(model_input, len(audio))
         return ResampleStream(from_rate, to_rate, channels)
 
-    separation = SongSeparation(separator, sample_rate, audio.shape[1], resample_stream=resample_stream)
-    separation.runner = _Ready(outputs, len(model_input))
+    separation = SongSeparation(separator, sample_rate, audio.shape[1], resample_stream=resample_stream,
+                                wiener=wiener)
+    # The chunk runner gives way to the outputs, inside whatever SongSeparation put around it (a post-filter).
+    holder = separation
+    while not isinstance(holder.runner, _ChunkRunner):
+        holder = holder.runner
+    holder.runner = _Ready(outputs, len(model_input))
     estimates = separation.push(audio, last=True)
     return {source: fit_length(estimate, len(audio)) for source, estimate in estimates.items()}

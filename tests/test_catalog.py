@@ -218,3 +218,21 @@ def test_a_song_whose_windows_come_back_in_several_bundles_is_put_together_the_s
     for source in SOURCES:
         written, _ = sf.read(tmp_path / "out" / "long" / f"{source}.wav", dtype="float32", always_2d=True)
         assert np.abs(written - np.clip(expected[source], -1, 1)).max() <= LSB + 1e-6
+
+
+def test_with_the_wiener_post_filter_the_outputs_are_separate_pys_too(separated, catalog_folder, run_dir, tmp_path):
+    """The post-filter separate.py runs (--wiener, or the model's own post_filter) runs in the
+    pipeline's final_sources too; another post-filter is another fingerprint (the song is done again)."""
+    song = catalog_folder / "a" / "b" / "long.wav"
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    assert run_catalog("--input", song, "--output", out, "--model", run_dir, "--wiener", "mask", *CHUNK,
+                       *IN_PROCESS) == 0
+    assert separate.main([str(song), "--model", str(run_dir), "--out", str(reference), "--wiener", "mask"]) == 0
+    unfiltered = separated[0] / "a" / "b" / "long"
+    for source in SOURCES:
+        ours, _ = sf.read(out / "long" / f"{source}.wav", dtype="float32")
+        theirs, _ = sf.read(reference / "long" / f"{source}.wav", dtype="float32")
+        assert np.abs(ours - theirs).max() <= LSB + 1e-6
+        assert np.abs(ours - sf.read(unfiltered / f"{source}.wav", dtype="float32")[0]).max() > 100 * LSB
+    fingerprints = {json.loads((folder / outputs.RECORD).read_text())["model"] for folder in (out / "long", unfiltered)}
+    assert len(fingerprints) == 2
