@@ -34,7 +34,9 @@ peer figure is printed (torch stays out of requirements.txt: ``pip install openu
 pulls PyPI's CUDA build of torch, gigabytes; docs/benchmarks.md shows a CPU-only way, Debian's
 python3-torch). The peer runs on every core, as TensorFlow does. Then what resampling costs on
 the first config: the clip to the model's rate and the sources back, against the model's time at
-its rate, interleaved in one loop (aim: at most a tenth). Then the peak RSS of separate.py separating a 10-minute stereo file
+its rate, interleaved in one loop (aim: at most a tenth); and the shipped separator (the
+`small` config with its default soft-mask Wiener stage, through separate.py's path) as a
+multiple of the peer (aim: at least 2.5x). Then the peak RSS of separate.py separating a 10-minute stereo file
 (--long-minutes; 0 skips this memory test). ``--quality`` scores
 the shipped model in each runtime on the 14 MUSDB18 validation previews (through
 evaluate.py's scoring) and prints each runtime's median SDR against Keras float32.
@@ -422,9 +424,31 @@ def peer_rows(realtime: dict, clip: np.ndarray, repeats: int, find_peer=open_unm
           f"(best of {repeats}; {peer.versions})")
     for label, speeds in realtime.items():
         fastest = max(speeds, key=speeds.get)
-        aim = f" (aim: >= {SHIPPED_AIM:g})" if label == SHIPPED_CONFIG else ""
-        print(f"  {label} ({fastest}): {speeds[fastest]:.2f}x realtime = {speeds[fastest] / speed:.2f} x "
-              f"{peer.name}{aim}")
+        print(f"  {label} ({fastest}): {speeds[fastest]:.2f}x realtime = {speeds[fastest] / speed:.2f} x {peer.name}")
+    return speed
+
+
+SHIPPED_POST_FILTER = "mask"  # pretrained/waveunet-small-musdb's config.json post_filter
+
+
+def shipped_separator_row(clip: np.ndarray, chunk_seconds: float, repeats: int, scratch: Path,
+                          peer_speed: float | None) -> float:
+    """The shipped separator's speed: its config (random weights) in Keras float32 with its default
+    post-filter, through separate.py's path (``separate_song`` with the Wiener stage), as a multiple
+    of the peer's where it was measured. Returns its x realtime."""
+    separator = load_separator(save_random_run(BenchModel.parse(SHIPPED_CONFIG), scratch / "shipped-run"))
+    wiener = WienerSettings.parse(SHIPPED_POST_FILTER)
+    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds, wiener=wiener)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        separate_song(separator, clip, CLIP_RATE, chunk_seconds, wiener=wiener)
+        seconds.append(time.perf_counter() - start)
+    speed = len(clip) / CLIP_RATE / min(seconds)
+    versus = ("" if peer_speed is None else
+              f" = {speed / peer_speed:.2f} x {OPEN_UNMIX_NAME} (aim: >= {SHIPPED_AIM:g})")
+    print(f"Shipped separator ({SHIPPED_CONFIG}, Keras float32, Wiener {SHIPPED_POST_FILTER}, 44.1 kHz path): "
+          f"{speed:.2f}x realtime{versus}")
     return speed
 
 
@@ -563,7 +587,8 @@ def main(argv=None) -> int:
         scratch = Path(scratch)
         realtime = {model.label: speed_rows(model, runtimes, clip, args.chunk_seconds, args.repeats, peak, scratch)
                     for model in args.configs}
-        peer_rows(realtime, clip, args.repeats)
+        peer_speed = peer_rows(realtime, clip, args.repeats)
+        shipped_separator_row(clip, args.chunk_seconds, args.repeats, scratch, peer_speed)
         resampling_row(args.configs[0], clip, args.chunk_seconds, args.repeats, scratch)
         if args.wiener:
             first = args.configs[0]
