@@ -117,19 +117,25 @@ def test_record_writes_each_configs_runtimes_and_the_quality_rows(monkeypatch, t
     assert json.loads((tmp_path / "runtime-quality.json").read_text())["rows"][0]["figures"] == scores["keras-float32"]
 
 
-def test_the_shipped_separator_is_timed_with_its_post_filter_against_the_peer(tmp_path, capsys):
-    """The shipped model's config.json names the post-filter the row times."""
+def test_the_shipped_separator_is_timed_with_its_post_filter_against_the_model_and_the_peer(tmp_path, capsys):
+    """The shipped model's config.json names the post-filter the row times; the peer runs in the same loop."""
     import json
 
     assert json.loads(bench.PRETRAINED_MODEL.joinpath("config.json").read_text())["post_filter"] == \
         bench.SHIPPED_POST_FILTER
     clip = np.random.default_rng(0).uniform(-0.3, 0.3, (2 * CLIP_RATE, 2)).astype(np.float32)
-    speed = bench.shipped_separator_row(clip, 30.0, 1, tmp_path, peer_speed=2.0)
+    seen = []
+    peer = Peer("Fake peer", "two sources", lambda audio: seen.append(audio.shape), "fake 1.0")
+    speed = bench.shipped_separator_row(clip, 30.0, 2, tmp_path, peer)
+    assert seen == [(CLIP_RATE // 2, 2), clip.shape, clip.shape]  # a warm-up, then once per loop
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("Shipped separator (small, Keras float32, Wiener mask, 44.1 kHz path): ")
-    assert f"{speed:.2f}x realtime = {speed / 2.0:.2f} x Open-Unmix" in line and "(aim: >= 2.5)" in line
-    bench.shipped_separator_row(clip, 30.0, 1, tmp_path / "no-peer", peer_speed=None)
-    assert "Open-Unmix" not in capsys.readouterr().out  # no peer measured: no ratio
+    assert line.startswith(f"Shipped separator (small, Keras float32, Wiener mask, 44.1 kHz path): {speed:.2f}x realtime")
+    model_speed = float(line.split("of the model alone (")[1].split("x)")[0])
+    assert float(line.split("realtime, ")[1].split(" of")[0]) == pytest.approx(speed / model_speed, abs=0.01)
+    assert speed < model_speed * 1.1  # the filter is extra work
+    assert "x Open-Unmix UMX-HQ (aim: >= 2.5)" in line
+    bench.shipped_separator_row(clip, 30.0, 1, tmp_path / "no-peer", None)
+    assert "Open-Unmix" not in capsys.readouterr().out  # no peer installed: no ratio
 
 
 def test_resampling_is_timed_against_the_model_at_its_rate(tmp_path, capsys):
