@@ -165,7 +165,16 @@ def export_run(run_dir, base_dir, version: int | None = None, onnx: bool = False
     if version_dir.exists():
         raise ExportError(f"{version_dir} exists already; pick another --version or leave it out")
 
-    plan = architecture.chunk_plan(loaded.config, max(1, int(chunk_seconds * loaded.config.sample_rate)))
+    output_length = max(1, int(chunk_seconds * loaded.config.sample_rate))
+    if wiener is not None and wiener.active:
+        # Clients cut requests on the plan's stride (serve.client): a stride of whole STFT hops puts
+        # every request's filter frames on the whole song's, so chunked answers equal one call.
+        hop = wiener.fft_size(loaded.config.sample_rate) // 4
+        output_length = -(-output_length // hop) * hop
+    plan = architecture.chunk_plan(loaded.config, output_length)
+    if wiener is not None and wiener.active and plan.stride % hop:
+        log(f"note: the chunk plan's stride ({plan.stride}) is not a whole number of the Wiener filter's hop "
+            f"({hop}): requests cut on it get the filter's frames at other positions than one call")
     facts = model_facts(run_dir, run, loaded.checkpoint, plan, trt or "float32", wiener)
     module = SeparationModule(loaded.model, architecture, loaded.config, plan, facts.to_dict(), wiener=wiener)
     base_dir.mkdir(parents=True, exist_ok=True)
