@@ -381,6 +381,18 @@ def post_filter_rows(model: BenchModel, model_speed: float, clip: np.ndarray, ch
               f"(Keras float32) with it {together:.1f}x realtime, {together / model_speed:.2f} of the model alone")
 
 
+def best_of_interleaved(steps: dict, repeats: int) -> dict:
+    """Each named step's best wall-clock seconds over ``repeats`` rounds that run every step in turn,
+    so that all of them see the same load."""
+    seconds = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in seconds.items()}
+
+
 RESAMPLING_AIM = 0.10  # resampling a song to the model's rate and its sources back: at most this share of the model's time
 
 
@@ -397,13 +409,7 @@ def resampling_row(model: BenchModel, clip: np.ndarray, chunk_seconds: float, re
              "model": lambda: separate_song(separator, at_model_rate, rate, chunk_seconds),
              "path": lambda: separate_song(separator, clip, CLIP_RATE, chunk_seconds)}
     separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)  # warm-up: traces the graph
-    seconds = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            seconds[name].append(time.perf_counter() - start)
-    best = {name: min(values) for name, values in seconds.items()}
+    best = best_of_interleaved(steps, repeats)
     share = best["resampling"] / best["model"]
     print(f"Resampling ({model.label}, {CLIP_RATE} <-> {rate} Hz): {1000 * best['resampling']:.0f} ms per clip = "
           f"{share:.3f} of the model's {1000 * best['model']:.0f} ms (aim: <= {RESAMPLING_AIM:g}); the path at "
@@ -446,13 +452,7 @@ def shipped_separator_row(clip: np.ndarray, chunk_seconds: float, repeats: int, 
         steps["peer"] = lambda: peer.separate(clip)
         peer.separate(clip[: CLIP_RATE // 2])
     separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds, wiener=wiener)
-    seconds = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            seconds[name].append(time.perf_counter() - start)
-    speed = {name: len(clip) / CLIP_RATE / min(values) for name, values in seconds.items()}
+    speed = {name: len(clip) / CLIP_RATE / best for name, best in best_of_interleaved(steps, repeats).items()}
     versus = ("" if peer is None else f"; {speed['peer']:.2f}x for {peer.name} in the same loop: the shipped "
               f"separator is {speed['shipped'] / speed['peer']:.2f} x {OPEN_UNMIX_NAME} (aim: >= {SHIPPED_AIM:g})")
     print(f"Shipped separator ({SHIPPED_CONFIG}, Keras float32, Wiener {SHIPPED_POST_FILTER}, 44.1 kHz path): "
