@@ -15,7 +15,7 @@ from threadpoolctl import ThreadpoolController
 from models.architecture import SOURCES
 from models.framing import ChunkPlan
 from runtime.channels import channel_rule, into_model, out_of_model
-from runtime.resampling import ResampleStream
+from runtime.resampling import ResampleStream, resample
 from runtime.separator import Separator
 
 _ONE_BLAS_THREAD = ThreadpoolController()
@@ -238,7 +238,7 @@ def song_to_model(audio: np.ndarray, sample_rate: int, model_rate: int) -> np.nd
     before the model, for a path that runs the model elsewhere (``song_from_model``)."""
     if sample_rate == model_rate:
         return np.asarray(audio, np.float32)
-    return ResampleStream(sample_rate, model_rate, audio.shape[1]).resample_chunk(audio, last=True)
+    return resample(audio, sample_rate, model_rate)
 
 
 class _Ready:
