@@ -175,6 +175,9 @@ class SongSeparation:
             from runtime.wiener import WienerRunner
             self.runner = WienerRunner(self.runner, wiener, model_rate, channels)
         self.resampled = sample_rate != model_rate
+        # Sources that add up to the model input (the mask post-filter's): only the vocals go back,
+        # the accompaniment is the input minus them (the same sum, half the resampling).
+        self.complementary = getattr(self.runner, "complementary", False)
 
         def stream(from_rate, to_rate):
             return resample_stream(from_rate, to_rate, channels)
@@ -182,7 +185,7 @@ class SongSeparation:
         if self.resampled:
             self.to_model = stream(sample_rate, model_rate)
             # vocals and (accompaniment - model input) side by side: one resampling back for both
-            self.back = resample_stream(model_rate, sample_rate, 2 * channels)
+            self.back = resample_stream(model_rate, sample_rate, (1 if self.complementary else 2) * channels)
             self.model_input_awaiting_estimates = SampleFifo(channels)
             self.input_awaiting_back = SampleFifo(channels)
 
@@ -197,12 +200,18 @@ class SongSeparation:
         # The accompaniment is the input plus what the model added to its input, resampled
         # back: what the round trip through the model's rate loses (the band above its
         # Nyquist frequency, the band edge) stays in the accompaniment.
-        added = estimates["accompaniment"] - self.model_input_awaiting_estimates.pop(len(estimates["accompaniment"]))
-        back = self.back.resample_chunk(np.concatenate([estimates["vocals"], added], axis=1), last=last)
+        model_input = self.model_input_awaiting_estimates.pop(len(estimates["accompaniment"]))
+        if self.complementary:  # what the model added to its input is minus its vocals
+            to_back = estimates["vocals"]
+        else:
+            to_back = np.concatenate([estimates["vocals"], estimates["accompaniment"] - model_input], axis=1)
+        back = self.back.resample_chunk(to_back, last=last)
         if last:  # the resampling back may end a sample short of the input or beyond it
             back = fit_length(back, len(self.input_awaiting_back.data))
         channels = block.shape[1]
-        return {"vocals": back[:, :channels], "accompaniment": self.input_awaiting_back.pop(len(back)) + back[:, channels:]}
+        vocals = back[:, :channels]
+        song = self.input_awaiting_back.pop(len(back))
+        return {"vocals": vocals, "accompaniment": song - vocals if self.complementary else song + back[:, channels:]}
 
 
 def separate_song(separator: Separator, audio: np.ndarray, sample_rate: int, chunk_seconds: float = 30.0,

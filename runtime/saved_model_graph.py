@@ -197,8 +197,12 @@ class SeparationModule(tf.Module):
         # As runtime.chunking.SongSeparation: the accompaniment is the input plus what the
         # model added to its input, resampled back (one resampling for both sources), so
         # what the round trip through the model's rate loses goes to the accompaniment.
-        back = resample_tf(tf.concat([vocals, accompaniment - model_input], axis=1), self.sample_rate, rate)[:length]
-        vocals, accompaniment = back[:, :channels], audio + back[:, channels:]
+        if self.wiener is not None and self.wiener.complementary:  # accompaniment = model input - vocals
+            vocals = resample_tf(vocals, self.sample_rate, rate)[:length]
+            accompaniment = audio - vocals
+        else:
+            back = resample_tf(tf.concat([vocals, accompaniment - model_input], axis=1), self.sample_rate, rate)[:length]
+            vocals, accompaniment = back[:, :channels], audio + back[:, channels:]
         return (tf.audio.encode_wav(tf.clip_by_value(vocals, -1.0, 1.0), rate),
                 tf.audio.encode_wav(tf.clip_by_value(accompaniment, -1.0, 1.0), rate))
 

@@ -10,7 +10,11 @@ export.py and bench/separate.py):
     off        no post-filter
     mask       a soft mask: each source's STFT magnitude over the sum of the sources'
                magnitudes (per channel; norbert's ``softmask`` of the magnitudes: a
-               ratio mask), times the mixture's STFT. Frame-local.
+               ratio mask), times the mixture's STFT. Frame-local. The two masks add
+               up to one (to EPS), so only the vocals are masked and inverted; the
+               accompaniment is the mixture minus them (``complementary``: norbert's
+               to float rounding where the sources' magnitudes cover the mixture's,
+               as a difference-output model's always do), half the inverse STFTs.
     emN        N EM iterations of the multichannel Wiener filter, started from each
                source's magnitudes with the mixture's phase (``N``: the same)
     mask+emN   N EM iterations started from the soft mask
@@ -74,6 +78,17 @@ class WienerSettings:
     @property
     def active(self) -> bool:
         return self.iterations > 0 or self.soft_mask
+
+    @property
+    def complementary(self) -> bool:
+        """The refined sources add up to the mixture: the mask alone, whose accompaniment is
+        the mixture minus the masked vocals (the module's docstring)."""
+        return self.soft_mask and not self.iterations
+
+    @property
+    def refined_sources(self) -> tuple[str, ...]:
+        """The sources the filter computes (the rest is the mixture minus them)."""
+        return SOURCES[:1] if self.complementary else SOURCES
 
     @property
     def name(self) -> str:
@@ -181,14 +196,18 @@ def hann(n_fft: int) -> np.ndarray:
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
 
 
-def first_estimates(mixture: np.ndarray, estimates: np.ndarray, soft_mask: bool) -> np.ndarray:
+def first_estimates(mixture: np.ndarray, estimates: np.ndarray, soft_mask: bool,
+                    sources: int = len(SOURCES), axis: int = -1) -> np.ndarray:
     """``mixture`` ``[frames, bins, channels]`` and the estimates' STFTs ``[..., sources]``
-    -> the first estimates (norbert.wiener before EM): the soft mask of the magnitudes, or
-    the magnitudes with the mixture's phase."""
+    (or any layout, the sources on ``axis`` of the estimates) -> the first estimates
+    (norbert.wiener before EM) of the first ``sources``: the soft mask of the magnitudes,
+    or the magnitudes with the mixture's phase."""
     magnitudes = np.abs(estimates)
+    kept = magnitudes[(slice(None),) * (axis % magnitudes.ndim) + (slice(0, sources),)]
+    mixture = np.expand_dims(mixture, axis)
     if soft_mask:
-        return (magnitudes / (EPS + magnitudes.sum(-1, keepdims=True))) * mixture[..., None]
-    return magnitudes * np.exp(1j * np.angle(mixture)).astype(np.complex64)[..., None]
+        return kept / (EPS + magnitudes.sum(axis, keepdims=True)) * mixture
+    return kept * np.exp(1j * np.angle(mixture)).astype(np.complex64)
 
 
 def _inverse(c: np.ndarray) -> np.ndarray:
@@ -274,6 +293,7 @@ class WienerStream:
         self.n_fft = settings.fft_size(sample_rate)
         self.hop = self.n_fft // 4
         self.window = hann(self.n_fft)
+        self.refined = settings.refined_sources
         half = self.n_fft // 2
         # Samples from padded position `self.start` (the song starts at `half`): mixture, then each source.
         self.samples = np.zeros((half, channels * (1 + len(SOURCES))), np.float32)
@@ -287,7 +307,9 @@ class WienerStream:
         self.spectra_first = 0
         self.next_block = 0
         # Overlap-add from padded position `self.out_start`: sum of windowed frames, and of the window squared
-        self.added = np.zeros((0, channels * len(SOURCES)), np.float32)
+        self.added = np.zeros((0, channels * len(self.refined)), np.float32)
+        # complementary: the mixture of the samples not yet given back, which the accompaniment is taken from
+        self.mixture_unemitted = np.zeros((0, channels), np.float32)
         self.weights = np.zeros(0, np.float32)
         self.out_start = 0
         self.frames_added = 0
@@ -299,15 +321,21 @@ class WienerStream:
     # -- input
 
     def push(self, mixture: np.ndarray, estimates: dict, last: bool = False) -> dict:
-        self.mixture_waiting = np.concatenate([self.mixture_waiting, np.asarray(mixture, np.float32)])
-        self.estimates_waiting = np.concatenate(
-            [self.estimates_waiting, np.concatenate([np.asarray(estimates[s], np.float32) for s in SOURCES], 1)])
+        self.mixture_waiting = _appended(self.mixture_waiting, np.asarray(mixture, np.float32))
+        self.estimates_waiting = _appended(
+            self.estimates_waiting, np.concatenate([np.asarray(estimates[s], np.float32) for s in SOURCES], 1))
         count = min(len(self.mixture_waiting), len(self.estimates_waiting))
         if last and len(self.mixture_waiting) != len(self.estimates_waiting):
             raise ValueError(f"the song ends with {len(self.mixture_waiting)} mixture samples and "
                              f"{len(self.estimates_waiting)} estimate samples unmatched")
-        self.samples = np.concatenate([self.samples, np.concatenate(
-            [self.mixture_waiting[:count], self.estimates_waiting[:count]], 1)])
+        kept = len(self.samples)
+        samples = np.empty((kept + count, self.samples.shape[1]), np.float32)  # one copy of the new samples
+        samples[:kept] = self.samples
+        samples[kept:, :self.channels] = self.mixture_waiting[:count]
+        samples[kept:, self.channels:] = self.estimates_waiting[:count]
+        self.samples = samples
+        if self.settings.complementary:
+            self.mixture_unemitted = _appended(self.mixture_unemitted, self.mixture_waiting[:count])
         self.mixture_waiting, self.estimates_waiting = self.mixture_waiting[count:], self.estimates_waiting[count:]
         self.received += count
         self._frames(last)
@@ -332,23 +360,30 @@ class WienerStream:
                 offset = self.frames_done * self.hop - self.start
                 frames = np.lib.stride_tricks.sliding_window_view(
                     self.samples[offset:offset + (count - 1) * self.hop + self.n_fft], self.n_fft, axis=0)[::self.hop]
-                spectra = scipy.fft.rfft(frames * self.window, axis=-1)  # [frames, columns, bins]
-                spectra = spectra.reshape(count, 1 + len(SOURCES), self.channels, -1).transpose(0, 3, 2, 1)
+                # windowed into C order, each frame contiguous ("K" order would follow the samples' layout)
+                windowed = np.multiply(frames, self.window, out=np.empty(frames.shape, np.float32))
+                spectra = scipy.fft.rfft(windowed, axis=-1, workers=-1)  # [frames, columns, bins]
                 self.frames_done += count
                 drop = self.frames_done * self.hop - self.start
                 self.samples, self.start = self.samples[drop:], self.start + drop
-                self._refine(spectra.astype(np.complex64), last and not remaining, total)
+                self._refine(spectra, last and not remaining, total)
             elif last:
-                self._refine(self.spectra[:0], True, total)
+                self._refine(np.zeros((0, self.samples.shape[1], self.n_fft // 2 + 1), np.complex64), True, total)
             if not remaining:
                 return
 
     def _refine(self, spectra: np.ndarray, last: bool, total: int | None) -> None:
+        """The next frames' spectra ``[frames, columns, bins]`` (the mixture's channels, then
+        each source's) refined and overlap-added, or kept for their EM block."""
         settings = self.settings
-        if not settings.iterations:  # frame-local
-            self._add(first_estimates(spectra[..., 0], spectra[..., 1:], settings.soft_mask))
+        count, bins = len(spectra), self.n_fft // 2 + 1
+        spectra = spectra.reshape(count, 1 + len(SOURCES), self.channels, bins)
+        if not settings.iterations:  # frame-local, in the STFT's own layout
+            refined = first_estimates(spectra[:, 0], spectra[:, 1:], settings.soft_mask, len(self.refined), axis=1)
+            self._add(refined.reshape(count, -1, bins))
             return
-        self.spectra = np.concatenate([self.spectra, spectra])
+        # EM's layout: [frames, bins, channels, mixture and sources]
+        self.spectra = np.concatenate([self.spectra, spectra.transpose(0, 3, 2, 1)])
         block, context = settings.em_block, settings.em_context
         frames_here = self.spectra_first + len(self.spectra)
         while True:
@@ -364,21 +399,22 @@ class WienerStream:
                                                                              settings.soft_mask),
                                                settings.iterations, em_scale(part[..., 0]))
             keep_from = begin - self.spectra_first - lo
-            self._add(refined[keep_from:keep_from + (min(end, frames_here) - begin)])
+            kept = refined[keep_from:keep_from + (min(end, frames_here) - begin)]
+            self._add(kept.transpose(0, 3, 2, 1).reshape(len(kept), self.channels * len(SOURCES), -1))
             self.next_block += 1
             drop = max(0, self.next_block * block - context - self.spectra_first)
             self.spectra, self.spectra_first = self.spectra[drop:], self.spectra_first + drop
 
     # -- output
 
-    def _add(self, refined: np.ndarray) -> None:
-        """Overlap-adds refined frames ``[frames, bins, channels, sources]`` (the next ones)."""
-        count = len(refined)
+    def _add(self, columns: np.ndarray) -> None:
+        """Overlap-adds the next refined frames ``[frames, columns, bins]`` (each refined
+        source's channels in turn)."""
+        count = len(columns)
         if not count:
             return
         first = self.frames_added
-        columns = refined.transpose(0, 3, 2, 1).reshape(count, self.channels * len(SOURCES), -1)
-        frames = scipy.fft.irfft(columns, n=self.n_fft, axis=-1) * self.window  # [frames, columns, n_fft]
+        frames = scipy.fft.irfft(columns, n=self.n_fft, axis=-1, workers=-1) * self.window  # [frames, columns, n_fft]
         end = (first + count - 1) * self.hop + self.n_fft - self.out_start
         if end > len(self.added):
             self.added = np.concatenate([self.added, np.zeros((end - len(self.added), self.added.shape[1]),
@@ -404,13 +440,21 @@ class WienerStream:
         final = max(final, skip)  # nothing of the song final yet: keep everything
         ready = self.added[skip:final]
         weights = self.weights[skip:final]
-        nonzero = weights > np.finfo(np.float32).tiny
-        ready = np.where(nonzero[:, None], ready / np.where(nonzero, weights, 1)[:, None], ready)
+        ready = ready / np.where(weights > np.finfo(np.float32).tiny, weights, 1)[:, None]  # as librosa
         drop = final if final > skip else 0
         self.added, self.weights, self.out_start = self.added[drop:], self.weights[drop:], self.out_start + drop
         self.emitted += len(ready)
-        return {source: ready[:, index * self.channels:(index + 1) * self.channels]
-                for index, source in enumerate(SOURCES)}
+        sources = {source: ready[:, index * self.channels:(index + 1) * self.channels]
+                   for index, source in enumerate(self.refined)}
+        if self.settings.complementary:
+            mixture, self.mixture_unemitted = self.mixture_unemitted[:len(ready)], self.mixture_unemitted[len(ready):]
+            sources["accompaniment"] = mixture - sources["vocals"]
+        return sources
+
+
+def _appended(waiting: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``new`` after the samples ``waiting`` (``new`` itself, no copy, when none wait)."""
+    return np.concatenate([waiting, new]) if len(waiting) else new
 
 
 def wiener_filter(mix: np.ndarray, estimates: dict, settings: WienerSettings, sample_rate: int) -> dict:
@@ -430,6 +474,8 @@ class WienerRunner:
         self.stream = WienerStream(settings, sample_rate, channels)
         self.waiting = np.zeros((0, channels), np.float32)  # model input whose estimates have not come
         self.delay = getattr(runner, "delay", 0) + self.stream.delay
+        # Its accompaniment is its input minus its vocals (runtime.chunking resamples only the vocals back).
+        self.complementary = settings.complementary
 
     def push(self, samples: np.ndarray, last: bool = False) -> dict:
         estimates = self.runner.push(samples, last=last)

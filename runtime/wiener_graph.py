@@ -38,11 +38,11 @@ def _istft(spectra, n_fft: int, length):
     return added[:, half:half + length]
 
 
-def first_estimates_tf(mixture, estimates, soft_mask: bool):
+def first_estimates_tf(mixture, estimates, soft_mask: bool, sources: int = 2):
     """``runtime.wiener.first_estimates``: ``[..., channels]`` and ``[..., channels, sources]``."""
     magnitudes = tf.abs(estimates)
     if soft_mask:
-        mask = magnitudes / (EPS + tf.reduce_sum(magnitudes, -1, keepdims=True))
+        mask = magnitudes[..., :sources] / (EPS + tf.reduce_sum(magnitudes, -1, keepdims=True))
         return tf.complex(mask, 0.0) * mixture[..., None]
     phase = tf.math.angle(mixture)
     return tf.complex(magnitudes, 0.0) * tf.complex(tf.cos(phase), tf.sin(phase))[..., None]
@@ -86,7 +86,8 @@ def wiener_tf(mixture, vocals, accompaniment, settings: WienerSettings, sample_r
     frames, bins = tf.shape(spectra)[1], n_fft // 2 + 1
     spectra = tf.transpose(tf.reshape(spectra, [3, channels, frames, bins]), [2, 3, 1, 0])  # [frames, bins, ch, 3]
     x, estimates = spectra[..., 0], spectra[..., 1:]
-    refined = first_estimates_tf(x, estimates, settings.soft_mask)
+    refined_sources = len(settings.refined_sources)
+    refined = first_estimates_tf(x, estimates, settings.soft_mask, refined_sources)
     if settings.iterations:
         block, context = settings.em_block, settings.em_context
         blocks = (frames + block - 1) // block
@@ -105,6 +106,8 @@ def wiener_tf(mixture, vocals, accompaniment, settings: WienerSettings, sample_r
         refined = tf.map_fn(one_block, tf.range(blocks), fn_output_signature=tf.TensorSpec(
             [block, bins, channels, 2], tf.complex64))
         refined = tf.reshape(refined, [blocks * block, bins, channels, 2])[:frames]
-    rows = tf.reshape(tf.transpose(refined, [3, 2, 0, 1]), [2 * channels, frames, bins])
-    waves = tf.transpose(_istft(rows, n_fft, length))  # [time, 2 * channels]
+    rows = tf.reshape(tf.transpose(refined, [3, 2, 0, 1]), [refined_sources * channels, frames, bins])
+    waves = tf.transpose(_istft(rows, n_fft, length))  # [time, refined_sources * channels]
+    if settings.complementary:  # the accompaniment: the mixture minus the masked vocals
+        return waves, mixture - waves
     return waves[:, :channels], waves[:, channels:]
