@@ -70,7 +70,7 @@ from models.registry import ARCHITECTURES  # noqa: E402
 from runtime import scoring  # noqa: E402
 from runtime.chunking import positive_seconds, separate_song  # noqa: E402
 from runtime.export import ONNX_FILE, export_run  # noqa: E402
-from runtime.loading import PRETRAINED_MODEL, load_separator  # noqa: E402
+from runtime.loading import PRETRAINED_MODEL, load_separator, resolve_precision  # noqa: E402
 from runtime.run_directory import RunConfig, RunDirectory  # noqa: E402
 from runtime.resampling import resample  # noqa: E402
 from runtime.separator import Separator  # noqa: E402
@@ -398,22 +398,28 @@ RESAMPLING_AIM = 0.10  # resampling a song to the model's rate and its sources b
 
 def resampling_row(model: BenchModel, clip: np.ndarray, chunk_seconds: float, repeats: int, scratch: Path) -> float:
     """What resampling costs in separate.py's path (runtime.resampling: the clip to the model's rate, then
-    the two sources back in one stacked call, as runtime.chunking.SongSeparation does) against the model's
-    own time on the clip at its rate, timed interleaved (best of ``repeats`` each, so both see the same
-    load); also the whole 44.1 kHz path against the model-rate one. Prints a row; returns the share."""
-    separator = load_separator(save_random_run(model, scratch / "resampling-run"))
+    the vocals back, as runtime.chunking.SongSeparation does behind the shipped post-filter, whose sources
+    add up to the model input) against the model's own time on the clip at its rate, in the precision
+    ``--precision auto`` picks here, timed interleaved (best of ``repeats`` each, so both see the same
+    load); also the whole 44.1 kHz path against the model-rate one, both with the post-filter. Prints a
+    row; returns the share."""
+    run_dir = save_random_run(model, scratch / "resampling-run")
+    precision = resolve_precision("auto", run_dir)
+    separator = load_separator(run_dir, precision)
+    wiener = WienerSettings.parse(SHIPPED_POST_FILTER)
     rate = separator.sample_rate
     at_model_rate = resample(clip, CLIP_RATE, rate)
-    both_sources = np.concatenate([at_model_rate, at_model_rate], axis=1)
-    steps = {"resampling": lambda: (resample(clip, CLIP_RATE, rate), resample(both_sources, rate, CLIP_RATE)),
+    steps = {"resampling": lambda: (resample(clip, CLIP_RATE, rate), resample(at_model_rate, rate, CLIP_RATE)),
              "model": lambda: separate_song(separator, at_model_rate, rate, chunk_seconds),
-             "path": lambda: separate_song(separator, clip, CLIP_RATE, chunk_seconds)}
-    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds)  # warm-up: traces the graph
+             "path": lambda: separate_song(separator, clip, CLIP_RATE, chunk_seconds, wiener=wiener),
+             "model-rate path": lambda: separate_song(separator, at_model_rate, rate, chunk_seconds, wiener=wiener)}
+    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds, wiener=wiener)  # warm-up: traces
     best = best_of_interleaved(steps, repeats)
     share = best["resampling"] / best["model"]
-    print(f"Resampling ({model.label}, {CLIP_RATE} <-> {rate} Hz): {1000 * best['resampling']:.0f} ms per clip = "
-          f"{share:.3f} of the model's {1000 * best['model']:.0f} ms (aim: <= {RESAMPLING_AIM:g}); the path at "
-          f"{CLIP_RATE} Hz takes {best['path'] / best['model']:.2f}x the model-rate path's time")
+    print(f"Resampling ({model.label}, {CLIP_RATE} <-> {rate} Hz, model in {precision}): "
+          f"{1000 * best['resampling']:.0f} ms per clip = {share:.3f} of the model's {1000 * best['model']:.0f} ms "
+          f"(aim: <= {RESAMPLING_AIM:g}); with the {SHIPPED_POST_FILTER} post-filter, the path at {CLIP_RATE} Hz "
+          f"takes {best['path'] / best['model-rate path']:.2f}x the model-rate path's time")
     return share
 
 
@@ -439,25 +445,32 @@ SHIPPED_POST_FILTER = "mask"  # pretrained/waveunet-small-musdb's config.json po
 
 def shipped_separator_row(clip: np.ndarray, chunk_seconds: float, repeats: int, scratch: Path,
                           peer: Peer | None) -> float:
-    """The shipped separator's speed: its config (random weights) in Keras float32 with its default
-    post-filter, through separate.py's path (``separate_song`` with the Wiener stage), timed
-    interleaved with the same model without the filter and with the peer (where installed), best of
-    ``repeats`` each, so all three see the same load; prints the shipped separator's x realtime as a
-    fraction of the model alone's and a multiple of the peer's. Returns its x realtime."""
-    separator = load_separator(save_random_run(BenchModel.parse(SHIPPED_CONFIG), scratch / "shipped-run"))
+    """The shipped separator's speed: its config (random weights) in the precision ``--precision auto``
+    picks on this CPU, with its default post-filter, through separate.py's path (``separate_song`` with
+    the Wiener stage), timed interleaved with the same model without the filter, with the separator in
+    float32 (where auto picks another precision) and with the peer (where installed), best of
+    ``repeats`` each, so all see the same load; prints the shipped separator's x realtime as a fraction
+    of the model alone's and a multiple of the peer's. Returns its x realtime."""
+    run_dir = save_random_run(BenchModel.parse(SHIPPED_CONFIG), scratch / "shipped-run")
+    precision = resolve_precision("auto", run_dir)
+    separator = load_separator(run_dir, precision)
     wiener = WienerSettings.parse(SHIPPED_POST_FILTER)
     steps = {"shipped": lambda: separate_song(separator, clip, CLIP_RATE, chunk_seconds, wiener=wiener),
              "model": lambda: separate_song(separator, clip, CLIP_RATE, chunk_seconds)}
+    if precision != "float32":
+        in_float32 = load_separator(run_dir)
+        steps["float32"] = lambda: separate_song(in_float32, clip, CLIP_RATE, chunk_seconds, wiener=wiener)
     if peer is not None:
         steps["peer"] = lambda: peer.separate(clip)
-        peer.separate(clip[: CLIP_RATE // 2])
-    separate_song(separator, clip[: CLIP_RATE // 2], CLIP_RATE, chunk_seconds, wiener=wiener)
+    for step in steps.values():  # warm-up: traces the graphs, loads the peer's kernels
+        step()
     speed = {name: len(clip) / CLIP_RATE / best for name, best in best_of_interleaved(steps, repeats).items()}
+    float32 = "" if precision == "float32" else f"; in float32 {speed['float32']:.2f}x"
     versus = ("" if peer is None else f"; {speed['peer']:.2f}x for {peer.name} in the same loop: the shipped "
               f"separator is {speed['shipped'] / speed['peer']:.2f} x {OPEN_UNMIX_NAME} (aim: >= {SHIPPED_AIM:g})")
-    print(f"Shipped separator ({SHIPPED_CONFIG}, Keras float32, Wiener {SHIPPED_POST_FILTER}, 44.1 kHz path): "
-          f"{speed['shipped']:.2f}x realtime, {speed['shipped'] / speed['model']:.2f} of the model alone "
-          f"({speed['model']:.2f}x){versus}")
+    print(f"Shipped separator ({SHIPPED_CONFIG}, Keras {precision} (--precision auto on this CPU), Wiener "
+          f"{SHIPPED_POST_FILTER}, 44.1 kHz path): {speed['shipped']:.2f}x realtime, "
+          f"{speed['shipped'] / speed['model']:.2f} of the model alone ({speed['model']:.2f}x){float32}{versus}")
     return speed["shipped"]
 
 

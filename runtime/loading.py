@@ -24,15 +24,16 @@ PRETRAINED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "waveune
 
 
 def fast_bfloat16() -> bool:
-    """Whether bfloat16 computes faster than float32 here: on a GPU, or a CPU with AMX
-    (``runtime.cpu``: WAVESEP_CPU_CLASS forces the CPU's answer, GPUs aside).
-
-    AVX512-BF16 alone is not enough: on such a 2-core Xeon the shipped model ran at
-    0.5-1.4x its float32 speed in bfloat16 (README, Benchmarks)."""
+    """Whether bfloat16 computes faster than float32 here: on a GPU, or a CPU with
+    bfloat16 instructions, AVX512-BF16 or AMX (``runtime.cpu``: WAVESEP_CPU_CLASS forces
+    the CPU's answer, GPUs aside). Without them bfloat16 is emulated: 0.12x float32's
+    speed on an AVX2-only EPYC. On an idle 2-core AVX512-BF16 EPYC (no AMX) the shipped
+    model ran 1.3-1.7x faster in bfloat16 (docs/benchmarks.md); the one slower run, on a
+    2-core Xeon at a load average of 9, is why ``--precision float32`` stays at hand."""
     cpu = this_cpu()
     if cpu.forced_class is None and tf.config.list_physical_devices("GPU"):
         return True
-    return "amx_bf16" in cpu.flags
+    return "avx512_bf16" in cpu.flags or "amx_bf16" in cpu.flags
 
 
 def is_exported(path) -> bool:

@@ -127,9 +127,11 @@ def test_the_shipped_separator_is_timed_with_its_post_filter_against_the_model_a
     seen = []
     peer = Peer("Fake peer", "two sources", lambda audio: seen.append(audio.shape), "fake 1.0")
     speed = bench.shipped_separator_row(clip, 30.0, 2, tmp_path, peer)
-    assert seen == [(CLIP_RATE // 2, 2), clip.shape, clip.shape]  # a warm-up, then once per loop
+    assert seen == [clip.shape] * 3  # a warm-up, then once per loop
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith(f"Shipped separator (small, Keras float32, Wiener mask, 44.1 kHz path): {speed:.2f}x realtime")
+    # the suite runs as an AVX2 machine (conftest.py), where --precision auto computes in float32
+    assert line.startswith("Shipped separator (small, Keras float32 (--precision auto on this CPU), Wiener mask, "
+                           f"44.1 kHz path): {speed:.2f}x realtime")
     model_speed = float(line.split("of the model alone (")[1].split("x)")[0])
     assert float(line.split("realtime, ")[1].split(" of")[0]) == pytest.approx(speed / model_speed, abs=0.01)
     assert speed < model_speed * 1.1  # the filter is extra work
@@ -142,7 +144,7 @@ def test_resampling_is_timed_against_the_model_at_its_rate(tmp_path, capsys):
     clip = np.random.default_rng(0).uniform(-0.3, 0.3, (3 * bench.CLIP_RATE, 2)).astype(np.float32)
     share = bench.resampling_row(bench.BenchModel.parse("small"), clip, 30.0, 2, tmp_path)
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Resampling (small"))
-    resampling_ms = float(line.split("Hz): ")[1].split(" ms per clip")[0])
+    resampling_ms = float(line.split("float32): ")[1].split(" ms per clip")[0])
     model_ms = float(line.split("of the model's ")[1].split(" ms")[0])
     assert 0 < share < 1  # resampling is cheaper than the model even at this clip length
     assert float(line.split(" = ")[1].split(" of")[0]) == pytest.approx(share, abs=5e-4)

@@ -230,12 +230,12 @@ def test_without_model_the_shipped_pretrained_model_is_used(tmp_path, capsys):
 
 
 def test_separate_py_computes_in_what_auto_picks_on_each_cpu_class(run_dir, tmp_path, capsys, cpu_class):
-    """bfloat16 only where the CPU computes it fast (AMX); its outputs are bfloat16's, and
+    """bfloat16 only where the CPU computes it fast (AVX512-BF16, AMX); its outputs are bfloat16's, and
     float32's elsewhere, to within the 16-bit WAV's rounding (1 LSB) — not the other's."""
     audio = np.random.default_rng(3).uniform(-0.5, 0.5, (4000, 2)).astype(np.float32)
     sf.write(tmp_path / "song.wav", audio, 8000, subtype="FLOAT")
     assert separate.main(separate_args(run_dir, tmp_path / "out", tmp_path / "song.wav")) == 0
-    picked, other = ("bfloat16", "float32") if cpu_class == "amx" else ("float32", "bfloat16")
+    picked, other = ("bfloat16", "float32") if cpu_class != "avx2" else ("float32", "bfloat16")
     assert f", {picked}) on " in capsys.readouterr().out
     written, _ = load_audio(tmp_path / "out" / "song" / "vocals.wav")
     lsb = 2.0 ** -15
@@ -246,7 +246,7 @@ def test_separate_py_computes_in_what_auto_picks_on_each_cpu_class(run_dir, tmp_
 def test_auto_precision_keeps_exports_and_live_streams_in_float32(run_dir, tmp_path, cpu_class):
     from runtime import loading
 
-    fast = cpu_class == "amx"
+    fast = cpu_class != "avx2"  # AVX512-BF16 and AMX compute bfloat16; AVX2 emulates it
     assert loading.fast_bfloat16() == fast
     assert loading.resolve_precision("auto", run_dir) == ("bfloat16" if fast else "float32")
     assert loading.resolve_precision("auto", run_dir, live=True) == "float32"
