@@ -39,6 +39,10 @@ class Architecture:
     incremental: Callable = lambda model, config: None
     # (config) -> how many samples right of the input's centre the outputs sit (less lookahead).
     output_shift: Callable = lambda config: 0
+    # (config) -> whether the accompaniment is the model input minus the vocals at every
+    # output sample, in float32 (a difference output): what follows the model then
+    # transforms and resamples only the vocals (``runtime.chunking``, ``runtime.wiener``).
+    sums_to_input: Callable = lambda config: False
     # (config) -> the validation metric that picks the best checkpoint and stops early.
     checkpoint_metric: Callable = lambda config: "val_loss"
 

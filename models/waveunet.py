@@ -302,4 +302,5 @@ ARCHITECTURE = Architecture(
     inference_head=sources_from_outputs,
     incremental=incremental,
     output_shift=lambda config: config.output_shift,
+    sums_to_input=lambda config: config.output_type == "difference",  # the derived source: a float32 Subtract
 )

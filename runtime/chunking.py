@@ -93,6 +93,7 @@ class _ChunkRunner:
 
     def __init__(self, separator: Separator, plan: ChunkPlan, channels: int, progress=None):
         self.separator, self.plan, self.progress = separator, plan, progress
+        self.complementary = separator.sums_to_input  # its accompaniment: its input minus its vocals
         self.windows = PlanWindows(plan, channels)
         # A chunk runs once the input for its last output has arrived.
         self.delay = plan.input_length - plan.lead - 1
@@ -114,6 +115,7 @@ class _IncrementalRunner:
 
     def __init__(self, separator: Separator, plan: ChunkPlan, channels: int):
         self.rule = channel_rule(channels, separator.channels)
+        self.complementary = separator.sums_to_input  # its accompaniment: its input minus its vocals
         self.executor = separator.incremental(len(self.rule))  # one stream per model pass
         self.lead, self.flush = plan.lead, plan.input_length
         self.received = self.emitted = 0
@@ -175,8 +177,9 @@ class SongSeparation:
             from runtime.wiener import WienerRunner
             self.runner = WienerRunner(self.runner, wiener, model_rate, channels)
         self.resampled = sample_rate != model_rate
-        # Sources that add up to the model input (the mask post-filter's): only the vocals go back,
-        # the accompaniment is the input minus them (the same sum, half the resampling).
+        # Sources that add up to the model input (a difference-output model's, the mask post-filter's):
+        # only the vocals go back, the accompaniment is the input minus them (the same sum, half the
+        # resampling).
         self.complementary = getattr(self.runner, "complementary", False)
 
         def stream(from_rate, to_rate):

@@ -87,7 +87,8 @@ def _separator_from_facts(forward, facts: ModelFacts, source: str, runtime: str,
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
                      chunk_plan=functools.partial(architecture.chunk_plan, config), source=source,
                      description=f"{facts.arch} ({runtime})", one_pass=architecture.separates_in_one_pass(config),
-                     incremental=incremental, wiener=WienerSettings.from_dict(facts.post_filter))
+                     incremental=incremental, wiener=WienerSettings.from_dict(facts.post_filter),
+                     sums_to_input=architecture.sums_to_input(config))
 
 
 def _saved_model_incremental(loaded, facts: ModelFacts):

@@ -31,6 +31,7 @@ class Separator:
     incremental: Callable | None = None  # (batch) -> a stream executor (Architecture.incremental), if any
     precision: str = "float32"  # what the model computes in (a run directory's may be bfloat16)
     wiener: object = None  # the model's own Wiener post-filter (runtime.wiener.WienerSettings: an export's), if any
+    sums_to_input: bool = False  # its accompaniment is its input minus its vocals (Architecture.sums_to_input)
 
     def passes(self, input_channels: int) -> int:
         """Model passes over a song: a mono model runs once per channel of a stereo song."""
@@ -69,5 +70,5 @@ def keras_separator(model: keras.Model, arch: str, config, source: str) -> Separ
     return Separator(forward=forward, sample_rate=config.sample_rate, channels=config.channels,
                      chunk_plan=functools.partial(architecture.chunk_plan, config), source=source, description=arch,
                      one_pass=architecture.separates_in_one_pass(config),
-                     incremental=architecture.incremental(model, config),
+                     incremental=architecture.incremental(model, config), sums_to_input=architecture.sums_to_input(config),
                      precision=model.dtype_policy.compute_dtype)

@@ -286,19 +286,24 @@ class WienerStream:
     blocks) returns the refined estimates for the samples now final; after ``last`` every
     sample has come back. One push of the whole song (``wiener_filter``) and any cutting of
     it give the same samples (to float32 rounding of the FFTs). Memory: the samples of a
-    frame, the frames of an EM block with its context, and the overlap-add's tail."""
+    frame, the frames of an EM block with its context, and the overlap-add's tail.
 
-    def __init__(self, settings: WienerSettings, sample_rate: int, channels: int):
+    ``estimates_add_up``: the accompaniment estimate is the mixture minus the vocals one (a
+    difference-output model's, ``Separator.sums_to_input``), so its STFT is the mixture's
+    minus the vocals': only those two are computed."""
+
+    def __init__(self, settings: WienerSettings, sample_rate: int, channels: int, estimates_add_up: bool = False):
         self.settings, self.channels = settings, channels
+        self.transformed = SOURCES[:1] if estimates_add_up else SOURCES  # the estimates whose STFT is computed
         self.n_fft = settings.fft_size(sample_rate)
         self.hop = self.n_fft // 4
         self.window = hann(self.n_fft)
         self.refined = settings.refined_sources
         half = self.n_fft // 2
-        # Samples from padded position `self.start` (the song starts at `half`): mixture, then each source.
-        self.samples = np.zeros((half, channels * (1 + len(SOURCES))), np.float32)
+        # Samples from padded position `self.start` (the song starts at `half`): mixture, then each source transformed.
+        self.samples = np.zeros((half, channels * (1 + len(self.transformed))), np.float32)
         self.mixture_waiting = np.zeros((0, channels), np.float32)  # arrived before their estimates
-        self.estimates_waiting = np.zeros((0, channels * len(SOURCES)), np.float32)
+        self.estimates_waiting = np.zeros((0, channels * len(self.transformed)), np.float32)
         self.start = 0
         self.received = 0  # song samples with both mixture and estimates
         self.frames_done = 0  # frames computed (STFT)
@@ -307,6 +312,7 @@ class WienerStream:
         self.spectra_first = 0
         self.next_block = 0
         # Overlap-add from padded position `self.out_start`: sum of windowed frames, and of the window squared
+        # (with room for every frame of a push: one copy per push, not one per block of frames)
         self.added = np.zeros((0, channels * len(self.refined)), np.float32)
         # complementary: the mixture of the samples not yet given back, which the accompaniment is taken from
         self.mixture_unemitted = np.zeros((0, channels), np.float32)
@@ -323,7 +329,7 @@ class WienerStream:
     def push(self, mixture: np.ndarray, estimates: dict, last: bool = False) -> dict:
         self.mixture_waiting = _appended(self.mixture_waiting, np.asarray(mixture, np.float32))
         self.estimates_waiting = _appended(
-            self.estimates_waiting, np.concatenate([np.asarray(estimates[s], np.float32) for s in SOURCES], 1))
+            self.estimates_waiting, np.concatenate([np.asarray(estimates[s], np.float32) for s in self.transformed], 1))
         count = min(len(self.mixture_waiting), len(self.estimates_waiting))
         if last and len(self.mixture_waiting) != len(self.estimates_waiting):
             raise ValueError(f"the song ends with {len(self.mixture_waiting)} mixture samples and "
@@ -353,6 +359,7 @@ class WienerStream:
             # only samples of the song so far (not the zeros after its end)
             available = min(available, (half + self.received - self.n_fft) // self.hop + 1)
         remaining = max(0, (total if last else available) - self.frames_done)
+        self._reserve(self.frames_done + remaining)  # every frame this push computes may be added
         while True:  # at most FRAMES_AT_ONCE frames at a time: the intermediates stay small
             count = min(remaining, FRAMES_AT_ONCE)
             remaining -= count
@@ -374,10 +381,18 @@ class WienerStream:
 
     def _refine(self, spectra: np.ndarray, last: bool, total: int | None) -> None:
         """The next frames' spectra ``[frames, columns, bins]`` (the mixture's channels, then
-        each source's) refined and overlap-added, or kept for their EM block."""
+        each transformed source's) refined and overlap-added, or kept for their EM block."""
         settings = self.settings
         count, bins = len(spectra), self.n_fft // 2 + 1
-        spectra = spectra.reshape(count, 1 + len(SOURCES), self.channels, bins)
+        spectra = spectra.reshape(count, 1 + len(self.transformed), self.channels, bins)
+        added_up = len(self.transformed) < len(SOURCES)
+        if added_up and settings.complementary:  # the mask of the vocals, from |V| and |X - V|
+            mixture, vocals = spectra[:, 0], spectra[:, 1]
+            magnitude = np.abs(vocals)
+            self._add(magnitude / (EPS + magnitude + np.abs(mixture - vocals)) * mixture)  # first_estimates' mask
+            return
+        if added_up:  # the accompaniment's: the mixture's minus the vocals'
+            spectra = np.concatenate([spectra, (spectra[:, 0] - spectra[:, 1])[:, None]], axis=1)
         if not settings.iterations:  # frame-local, in the STFT's own layout
             refined = first_estimates(spectra[:, 0], spectra[:, 1:], settings.soft_mask, len(self.refined), axis=1)
             self._add(refined.reshape(count, -1, bins))
@@ -414,12 +429,9 @@ class WienerStream:
         if not count:
             return
         first = self.frames_added
-        frames = scipy.fft.irfft(columns, n=self.n_fft, axis=-1, workers=-1) * self.window  # [frames, columns, n_fft]
-        end = (first + count - 1) * self.hop + self.n_fft - self.out_start
-        if end > len(self.added):
-            self.added = np.concatenate([self.added, np.zeros((end - len(self.added), self.added.shape[1]),
-                                                              np.float32)])
-            self.weights = np.concatenate([self.weights, np.zeros(end - len(self.weights), np.float32)])
+        frames = scipy.fft.irfft(columns, n=self.n_fft, axis=-1, workers=-1)  # [frames, columns, n_fft]
+        frames *= self.window
+        self._reserve(first + count)
         # hop = n_fft / 4: frame k's j-th quarter lands on hop-long piece k + j
         at = first * self.hop - self.out_start
         pieces = frames.transpose(0, 2, 1).reshape(count, 4, self.hop, -1)
@@ -431,10 +443,19 @@ class WienerStream:
             weights[quarter:quarter + count] += squared[quarter]
         self.frames_added += count
 
+    def _reserve(self, frames: int) -> None:
+        """Room in the overlap-add for the first ``frames`` frames of the song."""
+        end = (frames - 1) * self.hop + self.n_fft - self.out_start
+        if end > len(self.added):
+            added, weights = np.zeros((end, self.added.shape[1]), np.float32), np.zeros(end, np.float32)
+            added[:len(self.added)], weights[:len(self.weights)] = self.added, self.weights
+            self.added, self.weights = added, weights
+
     def _emit(self, last: bool) -> dict:
         half = self.n_fft // 2
         # Final: padded positions before the next frame's start (every frame covering them is added).
-        final = len(self.added) if last else self.frames_added * self.hop - self.out_start
+        added_end = (self.frames_added - 1) * self.hop + self.n_fft - self.out_start if self.frames_added else 0
+        final = added_end if last else self.frames_added * self.hop - self.out_start
         final = min(final, half + self.received - self.out_start)  # never the zeros after the song
         skip = max(0, half - self.out_start)  # the padding before the song
         final = max(final, skip)  # nothing of the song final yet: keep everything
@@ -457,10 +478,11 @@ def _appended(waiting: np.ndarray, new: np.ndarray) -> np.ndarray:
     return np.concatenate([waiting, new]) if len(waiting) else new
 
 
-def wiener_filter(mix: np.ndarray, estimates: dict, settings: WienerSettings, sample_rate: int) -> dict:
+def wiener_filter(mix: np.ndarray, estimates: dict, settings: WienerSettings, sample_rate: int,
+                  estimates_add_up: bool = False) -> dict:
     """The post-filter on a whole song at the model's rate in one push: ``mix`` and each
-    estimate ``[time, channels]`` float32 -> the same shapes."""
-    stream = WienerStream(settings, sample_rate, np.shape(mix)[1])
+    estimate ``[time, channels]`` float32 -> the same shapes (``WienerStream``)."""
+    stream = WienerStream(settings, sample_rate, np.shape(mix)[1], estimates_add_up)
     return stream.push(mix, estimates, last=True)
 
 
@@ -471,7 +493,7 @@ class WienerRunner:
 
     def __init__(self, runner, settings: WienerSettings, sample_rate: int, channels: int):
         self.runner = runner
-        self.stream = WienerStream(settings, sample_rate, channels)
+        self.stream = WienerStream(settings, sample_rate, channels, getattr(runner, "complementary", False))
         self.waiting = np.zeros((0, channels), np.float32)  # model input whose estimates have not come
         self.delay = getattr(runner, "delay", 0) + self.stream.delay
         # Its accompaniment is its input minus its vocals (runtime.chunking resamples only the vocals back).

@@ -137,6 +137,28 @@ def test_a_chunked_long_song_equals_one_pass_in_bounded_memory(variant):
     assert peak["samples"] <= 2 * 40000 + 1024
 
 
+@pytest.mark.parametrize("variant", ["mask", "em1", "mask+em1"])
+def test_estimates_that_add_up_need_only_the_mixture_and_vocals_transformed(variant):
+    """A difference-output model's accompaniment is its input minus its vocals: the stream then
+    transforms only those two (``estimates_add_up``) and gives the same samples (measured: 8.9e-8
+    at most); the mask's sources add up to the mixture (its accompaniment is the mixture minus
+    the masked vocals) to float32 rounding (3e-8)."""
+    rng = np.random.default_rng(5)
+    length = 3 * RATE + 17
+    mix = (0.2 * rng.standard_normal((length, 2))).astype(np.float32)
+    vocals = (0.5 * mix + 0.05 * rng.standard_normal((length, 2))).astype(np.float32)
+    estimates = {"vocals": vocals, "accompaniment": mix - vocals}
+    parsed = WienerSettings.parse(variant)
+    settings = WienerSettings(parsed.iterations, 1024, parsed.soft_mask, em_block=40, em_context=10)
+    general = wiener_filter(mix, estimates, settings, RATE)
+    shortcut = wiener_filter(mix, estimates, settings, RATE, estimates_add_up=True)
+    for source in estimates:
+        assert shortcut[source].shape == (length, 2)
+        assert np.abs(shortcut[source] - general[source]).max() < 1e-6
+    if settings.complementary:
+        assert np.abs(shortcut["vocals"] + shortcut["accompaniment"] - mix).max() < 1e-6
+
+
 @pytest.fixture(scope="module")
 def preview():
     """A real MUSDB18 validation preview at 22.05 kHz, and leaky estimates of its sources."""
