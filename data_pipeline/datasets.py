@@ -348,6 +348,7 @@ FOLDER_ADAPTERS = {
     "musdb-hq": musdb_hq_tracks,
     "ccmixter": ccmixter_tracks,
     "folder": folder_tracks,
+    "mir-1k": folder_tracks,  # MIR-1K (or any second stems folder) in the folder layout, beside "folder" in a mix
 }
 DATASETS = (*GENERATED_DATASETS, *FOLDER_ADAPTERS)
 
