@@ -163,7 +163,9 @@ def separate_file(separator, path: Path, destination: Path, chunk_seconds: float
     the song's length."""
     info = open_audio(path)
     written = 0
-    with tqdm(total=info.frames / info.sample_rate, desc=path.name, unit="s audio", leave=False) as bar, \
+    # seconds of audio, shown to a tenth of a second
+    with tqdm(total=round(info.frames / info.sample_rate, 1), desc=path.name, unit="s audio", leave=False,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}]") as bar, \
             ExitStack() as files:
         separation = SongSeparation(separator, info.sample_rate, info.channels, chunk_seconds,
                                     progress=lambda samples: bar.update(samples / separator.sample_rate),
