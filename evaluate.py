@@ -27,6 +27,7 @@ from data_pipeline.datasets import DATASETS, SPLITS, SyntheticOptions, get_track
 from models.architecture import SOURCES  # noqa: E402
 from models.registry import PRECISIONS  # noqa: E402
 from runtime.chunking import positive_seconds  # noqa: E402
+from runtime.ensemble import ensemble_separator  # noqa: E402
 from runtime.loading import load_separator  # noqa: E402
 from runtime.wiener import add_wiener_arguments, model_wiener  # noqa: E402
 from runtime.scoring import default_json_path, format_header, format_row, format_summary, score_tracks, \
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="a run directory, an exported SavedModel version folder or an exported model.onnx")
+    parser.add_argument("--ensemble-with", action="append", metavar="MODEL", default=[],
+                        help="also run this model (same rate, channels and framing, e.g. another seed or "
+                             "fine-tune of the same config) and score the mean of their outputs; once per "
+                             "model. The post-filter is --model's. Needs --json (docs/averaging.md)")
     parser.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset to score on "
                         "(default: synthetic)")
     parser.add_argument("--data-root", help="dataset folder (every dataset but the generated synthetic and rendered)")
@@ -93,6 +98,9 @@ def main(argv=None) -> int:
         if not row:
             print(f"error: --record takes NAME:ROW, not {args.record!r}", file=sys.stderr)
             return 2
+    if args.ensemble_with and not args.json:
+        print("error: --ensemble-with needs --json (the default file is --model's own scores)", file=sys.stderr)
+        return 2
     destination = Path(args.json) if args.json else default_json_path(args.model, args.dataset, args.split)
     # Checked before scoring, which can take long. The default destination's folder is the run
     # directory (which load_separator checks) or the current folder.
@@ -102,6 +110,9 @@ def main(argv=None) -> int:
         return 2
     try:
         separator = load_separator(args.model, args.precision)
+        if args.ensemble_with:
+            separator = ensemble_separator([separator] + [load_separator(model, args.precision)
+                                                          for model in args.ensemble_with])
         synthetic = SyntheticOptions(cache_dir=args.cache_dir)
         tracks = get_tracks(args.dataset, args.split, data_root=args.data_root, sample_rate=separator.sample_rate,
                             synthetic=synthetic)[:args.max_tracks]

@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validate, pick and save an exponential moving average of the weights, updated "
                              "every step with this momentum (e.g. 0.999: an average over about 1000 steps); "
                              "training itself goes on from the raw weights (default: off)")
+    parser.add_argument("--keep-checkpoints", type=int, metavar="K",
+                        help="also keep the weights of the last K validations as checkpoints/step-N.weights.h5 "
+                             "(the raw weights, also with --ema), for averaging them with python -m "
+                             "training.average RUN --last K --out RUN_AVG (default: 0, none)")
     parser.add_argument("--loss", choices=LOSSES, help="Wave-U-Net's loss per source: mse (mean squared error, "
                                                        "as f90) or l1 (mean absolute error) (default: mse)")
     parser.add_argument("--band-limit", dest="band_limit_hz", type=float, metavar="HZ",
@@ -132,6 +136,8 @@ def parse_args(argv=None):
     for flag in ("steps", "batch_size", "validate_every", "synthetic_songs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.keep_checkpoints is not None and args.keep_checkpoints < 0:
+        parser.error("--keep-checkpoints must not be negative")
     if args.patience is not None and args.patience < 0:
         parser.error("--patience must not be negative")
     if args.learning_rate is not None and not args.learning_rate > 0:

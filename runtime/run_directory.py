@@ -7,7 +7,10 @@
                        model may hold only best.float16.npz (its weights stored in
                        float16, loaded as float32: half the size; written by
                        runtime.float16_run, with the separation difference it was
-                       checked to)
+                       checked to); with train.py --keep-checkpoints K also the
+                       weights at each of the last K validations, step-NNNNNNN.weights.h5
+                       (the raw weights training goes on from, also under --ema), which
+                       ``python -m training.average`` averages into a new run directory
     backup/            the resumable training state (training.checkpointing)
     logs/              TensorBoard event files, or CSV where TensorFlow is absent
 
@@ -27,6 +30,8 @@ CONFIG_KEYS = ("arch", "config_name", "model", "data", "training", "post_filter"
 # best.float16.npz's entry beside the weights: the max abs difference of the separation
 # with them from the float32 weights' (absent from files written before it was recorded).
 FLOAT16_CHECK_KEY = "check:max_abs_difference"
+# checkpoints/step-0000400.weights.h5: the weights kept at a validation (--keep-checkpoints).
+SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "step-", ".weights.h5"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,19 @@ class RunDirectory:
     @property
     def float16_checkpoint(self) -> Path:
         return self.checkpoints / "best.float16.npz"
+
+    def snapshot(self, step: int) -> Path:
+        """The weights kept at optimizer step ``step`` (train.py --keep-checkpoints)."""
+        return self.checkpoints / f"{SNAPSHOT_PREFIX}{step:07d}{SNAPSHOT_SUFFIX}"
+
+    def snapshots(self) -> dict[int, Path]:
+        """The kept weight snapshots by optimizer step, oldest first (empty without any)."""
+        found = {}
+        for path in self.checkpoints.glob(f"{SNAPSHOT_PREFIX}*{SNAPSHOT_SUFFIX}"):
+            step = path.name[len(SNAPSHOT_PREFIX):-len(SNAPSHOT_SUFFIX)]
+            if step.isdigit():
+                found[int(step)] = path
+        return dict(sorted(found.items()))
 
     @property
     def backup(self) -> Path:

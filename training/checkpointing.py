@@ -120,6 +120,27 @@ def _plain(value):
     return None if value is None else float(value)
 
 
+class KeepSnapshots(keras.callbacks.Callback):
+    """At each validation, saves the model's weights as ``checkpoints/step-NNNNNNN.weights.h5``
+    (``RunDirectory.snapshot``) and deletes all but the newest ``keep``: the checkpoints that
+    ``python -m training.average`` averages (stochastic weight averaging). Placed before an
+    EMA swap, it keeps the raw weights that training goes on from."""
+
+    def __init__(self, run_directory, keep: int):
+        super().__init__()
+        self.run_directory, self.keep = run_directory, keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = self.run_directory.snapshot(optimizer_step(self.model))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name("partial-" + path.name)  # a kill mid-write leaves no snapshot-looking file
+        self.model.save_weights(str(staging))
+        os.replace(staging, path)
+        snapshots = list(self.run_directory.snapshots().values())
+        for old in snapshots[:-self.keep]:
+            old.unlink()
+
+
 class StopAtStep(keras.callbacks.Callback):
     """Ends training after exactly ``steps`` optimizer steps; the epoch cut short
     still validates and checkpoints."""

@@ -20,10 +20,11 @@ TRAINING_DEFAULTS = {"steps": 100_000, "batch_size": 16, "learning_rate": 1e-4, 
                      "patience": 20, "seed": 0, "crops_per_track": 8, "cache": True, "validation_excerpts": 8,
                      "precision": "float32", "learning_rate_decay": 1.0, "clip_norm": None,
                      "pitch_shift_semitones": 0.0, "ema_momentum": None, "loss": "mse", "band_limit_hz": None,
-                     "learning_rate_schedule": "constant", "cross_dataset_probability": 0.0}
+                     "learning_rate_schedule": "constant", "cross_dataset_probability": 0.0,
+                     "keep_checkpoints": 0}
 TRAINING_FLAGS = ("steps", "batch_size", "learning_rate", "validate_every", "patience", "seed", "precision",
                   "pitch_shift_semitones", "ema_momentum", "loss", "band_limit_hz", "learning_rate_schedule",
-                  "cross_dataset_probability")
+                  "cross_dataset_probability", "keep_checkpoints")
 DEFAULT_SYNTHETIC_SONGS = 90
 # train.py's flags whose name is not their setting's (the rest: --setting-name).
 FLAG_NAMES = {"pitch_shift_semitones": "--pitch-shift", "ema_momentum": "--ema", "band_limit_hz": "--band-limit",

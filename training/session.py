@@ -18,7 +18,7 @@ from data_pipeline.datasets import DatasetError, find_problems
 from models.registry import ARCHITECTURES, build_in_precision
 from runtime.run_directory import RunConfig, RunDirectory
 from training.callbacks import TorchScalarWriter, ValidationExamples
-from training.checkpointing import ResumableBackup, StopAtStep, backup_progress, optimizer_step
+from training.checkpointing import KeepSnapshots, ResumableBackup, StopAtStep, backup_progress, optimizer_step
 from training.data import USES_TF_DATA, all_tracks, build_datasets, check_data, decoding_errors, fixed_excerpts
 from training.losses import compile_losses
 from training.strategy import choose_strategy, cluster_role, describe, fix_keras_for_multi_worker, strategy_scope
@@ -90,8 +90,11 @@ def make_callbacks(run_dir: Path, output_dir: Path, run: RunConfig, excerpts, cr
     # With an EMA: swapped in for validation, and from each epoch's end (after the backup,
     # which keeps the raw weights to resume from) through the checkpoints that follow.
     ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if training.get("ema_momentum") else []
+    # --keep-checkpoints: the raw weights at each validation, saved before the EMA swap.
+    snapshots = [KeepSnapshots(outputs, training["keep_checkpoints"])] if training.get("keep_checkpoints") else []
     return [
         ResumableBackup(outputs.backup, best, early_stopping, restore_dir=RunDirectory(run_dir).backup),
+        *snapshots,
         *ema,
         *validation_examples(run, outputs.logs, excerpts, crop, sample_rate),
         *tensorboard,
