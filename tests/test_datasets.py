@@ -151,6 +151,30 @@ def test_synthetic_dataset_is_cached_and_reproducible(tmp_path):
     np.testing.assert_array_equal(regenerated["vocals"], audio["vocals"])  # same seed, same song
 
 
+def test_generated_splits_are_one_generator_with_disjoint_seeds(tmp_path):
+    """valid and test are as hard as each other: the same generator with the same settings,
+    only the seeds differ, and no song is in two splits (issue 28: 10 validation songs were
+    too few to tell a run whether it learns; SYNTHETIC_SPLIT_SONGS' comment)."""
+    from data_pipeline.datasets import GENERATED_DATASETS, SPLITS, SYNTHETIC_SPLIT_SONGS, _song_seed
+    from data_pipeline.synthetic_music import generate_song
+
+    assert SYNTHETIC_SPLIT_SONGS == SyntheticOptions().songs == {"train": 90, "valid": 40, "test": 10}
+    for kind in GENERATED_DATASETS:
+        seeds = [_song_seed(0, split, index, kind) for split in SPLITS for index in range(SYNTHETIC_SPLIT_SONGS[split])]
+        assert len(set(seeds)) == len(seeds) == 140
+    options = SyntheticOptions(songs={"train": 0, "valid": 2, "test": 1}, duration=1.0, cache_dir=str(tmp_path))
+    songs = {}
+    for split in ("valid", "test"):
+        tracks = get_tracks("synthetic", split, sample_rate=RATE, synthetic=options)
+        assert [track.name for track in tracks] == [f"song{index:04d}" for index in range(options.songs[split])]
+        for index, track in enumerate(tracks):
+            audio, expected = load_track(track, RATE), generate_song(_song_seed(0, split, index, "synthetic"), RATE, 1.0)
+            for source in ("vocals", "accompaniment"):
+                np.testing.assert_allclose(audio[source], expected[source], atol=1e-4)
+            songs[split, index] = audio["vocals"]
+    assert not np.allclose(songs["valid", 0], songs["test", 0]) and not np.allclose(songs["valid", 0], songs["valid", 1])
+
+
 def make_training_songs(root, songs=3):
     for index in range(songs):
         write(root / "train" / f"song{index}" / "vocals.wav", 0.1)

@@ -29,7 +29,8 @@ def spectrogram_image(audio: np.ndarray) -> np.ndarray:
 
 
 def validation_sdr(targets: dict, estimates: dict, mix_centre: np.ndarray) -> dict:
-    """Per source: the model's SDR, the best no-separation baseline's and the plain mixture's."""
+    """Per source: the model's SDR, the best no-separation baseline's and the plain mixture's,
+    each over all excerpts at once (louder excerpts weigh more; silent ones cannot break it)."""
     best_gain, _ = best_gain_estimates(mix_centre, targets)
     return {source: {"model": signal_to_distortion(targets[source], estimates[source]),
                      "best_gain_baseline": signal_to_distortion(targets[source], best_gain[source]),
@@ -40,11 +41,14 @@ class ValidationExamples(keras.callbacks.Callback):
     """At each validation: SDR of the model, of the best no-separation baseline and
     of the mixture on fixed excerpts, into the epoch's logs (``val_sdr_<source>``,
     and ``val_sdr_gain_<source>`` over the baseline); with TensorFlow also to
-    TensorBoard with audio and spectrograms of the first ``audio_examples``."""
+    TensorBoard with audio and spectrograms of the first ``audio_examples``, and once
+    the ``description`` of what the validation measures."""
 
     def __init__(self, log_dir, mix: np.ndarray, targets: dict, crop: CropSpec, sample_rate: int,
-                 separate=lambda model, mix: model.predict(mix, batch_size=4, verbose=0), audio_examples: int = 2):
+                 separate=lambda model, mix: model.predict(mix, batch_size=4, verbose=0), audio_examples: int = 2,
+                 description: str | None = None):
         super().__init__()
+        self.description = description  # what the validation measures, for TensorBoard's text tab
         self.separate = separate  # (model, mix windows) -> source waveforms: the architecture's way
         self.tensorboard = None
         if keras.backend.backend() == "tensorflow":
@@ -85,6 +89,8 @@ class ValidationExamples(keras.callbacks.Callback):
                 tf.summary.scalar(f"sdr_mixture_baseline/{source}", score["mixture"], step=step)
                 log_audio(f"estimate_{source}", estimates[source])
             if not self.references_logged:
+                if self.description:
+                    tf.summary.text("validation/what_it_measures", self.description, step=step)
                 # Keras 3 logs only the conceptual (layer) graph; this adds the op graph of the forward pass.
                 forward = tf.function(lambda inputs: self.model(inputs, training=False))
                 tf.summary.graph(forward.get_concrete_function(keras.tree.map_structure(

@@ -110,6 +110,24 @@ def fixed_excerpts(tracks, crop: CropSpec, sample_rate: int, channels: int, coun
     return np.stack(mixes), {source: np.stack(windows) for source, windows in targets.items()}
 
 
+def describe_validation(run: RunConfig | dict, tracks: list, excerpts: int, excerpt_seconds: float) -> str:
+    """What the run's validation measures (``excerpts`` windows of ``excerpt_seconds`` by
+    ``fixed_excerpts``), for its log and TensorBoard."""
+    run = RunConfig.of(run)
+    names = [name for name, _ in selection_parts(run.data)]
+    generated = all(name in GENERATED_DATASETS for name in names)
+    text = (f"Validation: {len(tracks)} {'+'.join(names)} valid songs"
+            f"{' (the same generator as the test split, other seeds)' if generated else ''}. val_loss over all "
+            f"of them picks the best checkpoint; val_sdr_<source> and val_sdr_gain_<source> (SDR over the best "
+            f"no-separation baseline) are measured on {excerpts} excerpts of {excerpt_seconds:.1f} s from "
+            f"{min(excerpts, len(tracks))} of them, pooled (loud passages weigh more than in evaluate.py's "
+            f"median over songs of 1 s windows, which reads lower).")
+    if generated:
+        text += (" Generated songs are a sanity check (a model that learns gains here); real quality is "
+                 "measured on real songs, e.g. MUSDB18's 14 validation songs (--dataset musdb).")
+    return text
+
+
 def build_datasets(run: RunConfig | dict, tracks: dict, model_config, crop: CropSpec, strategy, start_epoch: int):
     """The training stream and the validation pass, as the architecture's training model
     takes them (``Architecture.training_batch``)."""

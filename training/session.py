@@ -19,7 +19,8 @@ from models.registry import ARCHITECTURES, build_in_precision
 from runtime.run_directory import RunConfig, RunDirectory
 from training.callbacks import TorchScalarWriter, ValidationExamples
 from training.checkpointing import KeepSnapshots, ResumableBackup, StopAtStep, backup_progress, optimizer_step
-from training.data import USES_TF_DATA, all_tracks, build_datasets, check_data, decoding_errors, fixed_excerpts
+from training.data import USES_TF_DATA, all_tracks, build_datasets, check_data, decoding_errors, describe_validation, \
+    fixed_excerpts
 from training.losses import compile_losses
 from training.strategy import choose_strategy, cluster_role, describe, fix_keras_for_multi_worker, strategy_scope
 
@@ -70,7 +71,9 @@ def make_optimizer(training: dict) -> keras.optimizers.Optimizer:
 
 def make_callbacks(run_dir: Path, output_dir: Path, run: RunConfig, excerpts, crop: CropSpec, sample_rate: int):
     """``output_dir`` is where this process writes: the run directory on the chief,
-    a scratch folder on the other workers (they still restore from the run's backup)."""
+    a scratch folder on the other workers (they still restore from the run's backup).
+    ``excerpts``: the validation excerpts (``fixed_excerpts``) and what they measure
+    (``describe_validation``): ``(mixes, targets, description)``."""
     training = run.training
     outputs = RunDirectory(output_dir)
     outputs.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,8 @@ def validation_examples(run: RunConfig, log_dir: Path, excerpts, crop: CropSpec,
     else:
         print(f"No validation SDR: {run.arch} separates by generation, which runs on TensorFlow")
         return []
-    return [ValidationExamples(log_dir, *excerpts, crop, sample_rate, separate)]
+    mix, targets, description = excerpts
+    return [ValidationExamples(log_dir, mix, targets, crop, sample_rate, separate, description=description)]
 
 
 def train(run_dir: Path, run: RunConfig, strategy=None):
@@ -159,11 +163,14 @@ def train(run_dir: Path, run: RunConfig, strategy=None):
     train_data, valid_data = build_datasets(run, tracks, model_config, crop, strategy, progress["epoch"])
     excerpts = fixed_excerpts(tracks["valid"], crop, model_config.sample_rate, model_config.channels,
                               training["validation_excerpts"])
+    excerpts = (*excerpts, describe_validation(run, tracks["valid"], training["validation_excerpts"],
+                                               crop.output_length / model_config.sample_rate))
     print(f"{model.count_params():,} parameters; crops of {crop.input_length} samples in, "
           f"{crop.output_length} out at {model_config.sample_rate} Hz")
     output_dir = run_dir if role.is_chief else Path(tempfile.mkdtemp(prefix=f"worker{role.index}-"))
     if role.is_chief:
         print(f"Run directory: {run_dir}\nWatch it with: tensorboard --logdir {RunDirectory(run_dir).logs}")
+        print(excerpts[-1])
     # Whole validation intervals up to the last one, which StopAtStep may cut short.
     epochs = progress["epoch"] + -(-(training["steps"] - progress["step"]) // training["validate_every"])
     # The validation set is finite on purpose (its length is not counted ahead: that
