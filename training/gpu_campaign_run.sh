@@ -7,15 +7,16 @@
 #   device run: command "bash training/gpu_campaign_run.sh", carry [".whl", "gpu-pack"], timeout_s 600
 #
 # It installs the carried wheels, checks that soundfile decodes the pack's Vorbis and Opus,
-# trains the chosen recipe at two widths and two seeds side by side for MINUTES (default 8.5:
+# trains the chosen recipe at two widths and two seeds side by side for MINUTES (default 8:
 # the call's 10-minute limit less the install and the packing), and leaves under $OUT one tar
 # per run (the best weights and the average of the last AVERAGE validations, float16 run
-# directories: tar -xf NAME.tar -C runs/gpu) and the log. Rehearse it here on the CPU with
-#   OUT=/tmp/out MINUTES=4 WHEELS=none CAMPAIGN_FLAGS="--steps 4 --widths 8 --seeds 0,1" \
-#       KERAS_BACKEND=jax bash training/gpu_campaign_run.sh
+# directories: tar -xf NAME.tar -C runs/gpu) and the log. AVERAGE=0 trains without kept
+# checkpoints. Rehearsed here on the CPU (docs/training.md) with a small copy of the pack:
+#   OUT=/tmp/out PACK=mini-pack MINUTES=10 WHEELS=none PYTHON=.venv/bin/python \
+#       CAMPAIGN_FLAGS="--steps 4 --widths 8,12 --seeds 0,1 -- --batch-size 2" bash training/gpu_campaign_run.sh
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that comes back}
-MINUTES=${MINUTES:-8.5}
+MINUTES=${MINUTES:-8}
 AVERAGE=${AVERAGE:-4}
 PACK=${PACK:-gpu-pack}
 PYTHON=${PYTHON:-python3}
