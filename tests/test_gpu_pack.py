@@ -105,6 +105,13 @@ def test_main_writes_the_manifest(tmp_path, capsys):
     manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text())
     assert list(manifest["parts"]) == ["mir-1k"] and manifest["parts"]["mir-1k"]["codec"]["subtype"] == "OPUS"
     assert len(manifest["files"]) == 2 and all(f["snr_db"] > MIN_SNR_DB["mir-1k"] for f in manifest["files"])
+    # --verify measures the written files again without writing them; a part's records are replaced.
+    written = {f["path"]: Path(f["path"]).stat().st_mtime_ns for f in manifest["files"]}
+    assert gpu_pack.main(["--out", str(tmp_path / "pack"), "--mir1k-root", str(tmp_path / "clips"),
+                          "--workers", "1", "--verify"]) == 0
+    again = json.loads((tmp_path / "pack" / "manifest.json").read_text())
+    assert again["files"] == manifest["files"]
+    assert {path: Path(path).stat().st_mtime_ns for path in written} == written
     with pytest.raises(SystemExit):
         gpu_pack.main(["--out", str(tmp_path / "p2")])  # no part named
 
