@@ -131,7 +131,7 @@ def test_unknown_dataset_and_split():
         get_tracks("imaginary", "train")
     with pytest.raises(DatasetError, match="unknown split"):
         get_tracks("synthetic", "everything")
-    assert DATASETS == ("synthetic", "rendered", "musdb", "musdb-hq", "ccmixter", "folder")
+    assert DATASETS == ("synthetic", "rendered", "musdb", "musdb-hq", "ccmixter", "folder", "mir-1k")
 
 
 def test_synthetic_dataset_is_cached_and_reproducible(tmp_path):
