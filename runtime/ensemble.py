@@ -38,7 +38,9 @@ def ensemble_separator(separators: Sequence[Separator]) -> Separator:
         return {source: np.mean([output[source] for output in outputs], axis=0, dtype=np.float32)
                 for source in outputs[0]}
 
+    # the mean's accompaniment is its input minus its vocals only where every member's is
     return replace(first, forward=forward, incremental=None,
+                   sums_to_input=all(separator.sums_to_input for separator in separators),
                    source=" + ".join(separator.source for separator in separators),
                    description=f"ensemble of {len(separators)}: "
                                + " + ".join(separator.description for separator in separators))

@@ -144,6 +144,25 @@ def test_an_ensemble_averages_its_members_outputs_through_the_chunked_path(tmp_p
         ensemble_separator([one, deeper])
 
 
+def test_an_ensemble_sums_to_its_input_only_where_every_member_does(tmp_path):
+    """Difference-output members' mean still leaves the input minus the vocals as the
+    accompaniment (the resampling back and the post-filter take only the vocals); with a
+    direct-output member it does not, and the path resamples both sources back: at a song
+    rate that is not the model's, the ensemble is still its members' mean."""
+    difference = load_separator(make_run_dir(tmp_path / "difference"))
+    direct = load_separator(make_run_dir(tmp_path / "direct", dataclasses.replace(TINY_WAVEUNET, output_type="direct")))
+    assert difference.sums_to_input and not direct.sums_to_input
+    assert ensemble_separator([difference, difference]).sums_to_input
+    mixed = ensemble_separator([difference, direct])
+    assert not mixed.sums_to_input
+    rate = 2 * TINY_WAVEUNET.sample_rate
+    song = np.random.default_rng(2).uniform(-0.5, 0.5, (6000, 2)).astype(np.float32)
+    alone = [separate_song(s, song, rate, chunk_seconds=0.2) for s in (difference, direct)]
+    both = separate_song(mixed, song, rate, chunk_seconds=0.2)
+    for source in both:
+        np.testing.assert_allclose(both[source], (alone[0][source] + alone[1][source]) / 2, atol=1e-5)
+
+
 def test_evaluate_ensemble_needs_its_own_json(tmp_path, capsys):
     run = str(make_run_dir(tmp_path / "run"))
     assert evaluate.main(["--model", run, "--ensemble-with", run, "--dataset", "folder",
