@@ -189,7 +189,8 @@ class SongSeparation:
             self.to_model = stream(sample_rate, model_rate)
             # vocals and (accompaniment - model input) side by side: one resampling back for both
             self.back = resample_stream(model_rate, sample_rate, (1 if self.complementary else 2) * channels)
-            self.model_input_awaiting_estimates = SampleFifo(channels)
+            # the model input for "accompaniment - model input" (complementary sources need none)
+            self.model_input_awaiting_estimates = None if self.complementary else SampleFifo(channels)
             self.input_awaiting_back = SampleFifo(channels)
 
     def push(self, block: np.ndarray, last: bool = False) -> dict:
@@ -198,16 +199,17 @@ class SongSeparation:
             return self.runner.push(block, last=last)
         model_input = self.to_model.resample_chunk(block, last=last)
         self.input_awaiting_back.push(block)
-        self.model_input_awaiting_estimates.push(model_input)
+        if not self.complementary:
+            self.model_input_awaiting_estimates.push(model_input)
         estimates = self.runner.push(model_input, last=last)
         # The accompaniment is the input plus what the model added to its input, resampled
         # back: what the round trip through the model's rate loses (the band above its
         # Nyquist frequency, the band edge) stays in the accompaniment.
-        model_input = self.model_input_awaiting_estimates.pop(len(estimates["accompaniment"]))
         if self.complementary:  # what the model added to its input is minus its vocals
             to_back = estimates["vocals"]
         else:
-            to_back = np.concatenate([estimates["vocals"], estimates["accompaniment"] - model_input], axis=1)
+            added = estimates["accompaniment"] - self.model_input_awaiting_estimates.pop(len(estimates["accompaniment"]))
+            to_back = np.concatenate([estimates["vocals"], added], axis=1)
         back = self.back.resample_chunk(to_back, last=last)
         if last:  # the resampling back may end a sample short of the input or beyond it
             back = fit_length(back, len(self.input_awaiting_back.data))
