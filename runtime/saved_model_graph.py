@@ -40,6 +40,7 @@ from models.architecture import Architecture
 from models.framing import ChunkPlan, frame_tf, stitch_tf
 from runtime import resampling
 from runtime.channels import channel_rule, into_model, out_of_model
+from runtime.wiener import complementary_sources
 
 SIGNATURES = ("serving_default", "separate_audio", "separate_windows")
 
@@ -113,6 +114,7 @@ class SeparationModule(tf.Module):
         self.plan = plan
         self.windows_per_call = windows_per_call
         self.wiener = wiener if wiener is not None and wiener.active else None  # runtime.wiener.WienerSettings
+        self.complementary = complementary_sources(self.wiener, architecture.sums_to_input(config))
         self.facts_json = json.dumps(facts, sort_keys=True)
 
         self.window_spec = tf.TensorSpec([None, None, self.channels], tf.float32, name="windows")
@@ -197,7 +199,7 @@ class SeparationModule(tf.Module):
         # As runtime.chunking.SongSeparation: the accompaniment is the input plus what the
         # model added to its input, resampled back (one resampling for both sources), so
         # what the round trip through the model's rate loses goes to the accompaniment.
-        if self.wiener is not None and self.wiener.complementary:  # accompaniment = model input - vocals
+        if self.complementary:  # accompaniment = model input - vocals: only the vocals go back
             vocals = resample_tf(vocals, self.sample_rate, rate)[:length]
             accompaniment = audio - vocals
         else:

@@ -196,6 +196,21 @@ def hann(n_fft: int) -> np.ndarray:
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
 
 
+def soft_masked(magnitude: np.ndarray, total: np.ndarray, mixture: np.ndarray) -> np.ndarray:
+    """A source's soft mask (its share of the sources' summed magnitudes) on the mixture's STFT."""
+    return magnitude / (EPS + total) * mixture
+
+
+def complementary_sources(settings: "WienerSettings | None", model_sums_to_input: bool) -> bool:
+    """Whether a separation's accompaniment is its model input minus its vocals, so only
+    the vocals need resampling back: the post-filter's rule where there is one (the mask
+    alone), else the model's (``Separator.sums_to_input``). runtime.chunking and the
+    exported graph both follow it."""
+    if settings is not None and settings.active:
+        return settings.complementary
+    return model_sums_to_input
+
+
 def first_estimates(mixture: np.ndarray, estimates: np.ndarray, soft_mask: bool,
                     sources: int = len(SOURCES), axis: int = -1) -> np.ndarray:
     """``mixture`` ``[frames, bins, channels]`` and the estimates' STFTs ``[..., sources]``
@@ -206,7 +221,7 @@ def first_estimates(mixture: np.ndarray, estimates: np.ndarray, soft_mask: bool,
     kept = magnitudes[(slice(None),) * (axis % magnitudes.ndim) + (slice(0, sources),)]
     mixture = np.expand_dims(mixture, axis)
     if soft_mask:
-        return kept / (EPS + magnitudes.sum(axis, keepdims=True)) * mixture
+        return soft_masked(kept, magnitudes.sum(axis, keepdims=True), mixture)
     return kept * np.exp(1j * np.angle(mixture)).astype(np.complex64)
 
 
@@ -389,7 +404,7 @@ class WienerStream:
         if added_up and settings.complementary:  # the mask of the vocals, from |V| and |X - V|
             mixture, vocals = spectra[:, 0], spectra[:, 1]
             magnitude = np.abs(vocals)
-            self._add(magnitude / (EPS + magnitude + np.abs(mixture - vocals)) * mixture)  # first_estimates' mask
+            self._add(soft_masked(magnitude, magnitude + np.abs(mixture - vocals), mixture))
             return
         if added_up:  # the accompaniment's: the mixture's minus the vocals'
             spectra = np.concatenate([spectra, (spectra[:, 0] - spectra[:, 1])[:, None]], axis=1)
@@ -497,7 +512,7 @@ class WienerRunner:
         self.waiting = np.zeros((0, channels), np.float32)  # model input whose estimates have not come
         self.delay = getattr(runner, "delay", 0) + self.stream.delay
         # Its accompaniment is its input minus its vocals (runtime.chunking resamples only the vocals back).
-        self.complementary = settings.complementary
+        self.complementary = complementary_sources(settings, getattr(runner, "complementary", False))
 
     def push(self, samples: np.ndarray, last: bool = False) -> dict:
         estimates = self.runner.push(samples, last=last)
