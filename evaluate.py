@@ -30,8 +30,8 @@ from runtime.chunking import positive_seconds  # noqa: E402
 from runtime.ensemble import ensemble_separator  # noqa: E402
 from runtime.loading import load_separator  # noqa: E402
 from runtime.wiener import add_wiener_arguments, model_wiener  # noqa: E402
-from runtime.scoring import default_json_path, format_header, format_row, format_summary, score_tracks, \
-    summary  # noqa: E402
+from runtime.scoring import default_json_path, format_comparison, format_header, format_row, format_summary, \
+    model_sdrs, paired_comparison, score_tracks, summary  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "the variant it was made with), as separate.py.")
     parser.add_argument("--wiener-soft-mask", action="store_true",
                         help="older spelling: start from the soft mask (--wiener N becomes mask+emN; alone: mask)")
+    parser.add_argument("--paired-with", metavar="SCORES_JSON",
+                        help="another evaluate.py --json of the same songs (e.g. the model before a change): also "
+                             "print on how many tracks this one scores higher and the per-track SDR differences, "
+                             "which --record keeps beside the medians")
     parser.add_argument("--record", metavar="NAME:ROW",
                         help="also put the medians into row ROW of docs/results/NAME.json with this command line, "
                              "the commit, the CPU and the date (python -m bench.records then renders the tables "
@@ -70,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def record_figures(report: dict) -> dict:
-    """The medians a results table shows, by name (``bench.records``)."""
+    """The medians a results table shows, by name (``bench.records``), and with
+    --paired-with each source's ``<source>_better`` (tracks), ``<source>_paired_median``
+    and ``<source>_paired_mean`` (dB) against the other scores."""
     median, gains = report["median"], report["median_sdr_gain_over_best_gain_baseline"]
     figures = {"tracks": len(report["tracks"]), "dataset": report["dataset"], "split": report["split"],
                "precision": report["precision"], "post_filter": report["post_filter"]}
@@ -79,6 +85,13 @@ def record_figures(report: dict) -> dict:
                         f"{source}_gain": round(gains[source], 2),
                         f"{source}_baseline": round(median["best_gain_baseline"][source]["SDR"], 2),
                         f"{source}_mixture": round(median["mixture"][source]["SDR"], 2)})
+    if "paired" in report:
+        paired = report["paired"]
+        figures["paired_with"], figures["paired_tracks"] = paired["with"], paired["tracks"]
+        for source in SOURCES:
+            figures.update({f"{source}_better": paired[source]["better"],
+                            f"{source}_paired_median": round(paired[source]["median_difference"], 2),
+                            f"{source}_paired_mean": round(paired[source]["mean_difference"], 2)})
     return figures
 
 
@@ -108,6 +121,13 @@ def main(argv=None) -> int:
         problem = "it is a folder" if destination.is_dir() else f"{destination.parent} is not a folder"
         print(f"error: cannot write the scores to {destination}: {problem}", file=sys.stderr)
         return 2
+    reference = None
+    if args.paired_with:
+        try:
+            reference = model_sdrs(json.loads(Path(args.paired_with).read_text()))
+        except (OSError, ValueError) as error:
+            print(f"error: --paired-with {args.paired_with}: {error}", file=sys.stderr)
+            return 2
     try:
         separator = load_separator(args.model, args.precision)
         if args.ensemble_with:
@@ -118,6 +138,9 @@ def main(argv=None) -> int:
                             synthetic=synthetic)[:args.max_tracks]
     except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if reference is not None and not {track.name for track in tracks} & set(reference):
+        print(f"error: --paired-with {args.paired_with} scored none of these {len(tracks)} tracks", file=sys.stderr)
         return 2
     wiener = model_wiener(separator, args.wiener, args.wiener_fft, args.wiener_soft_mask)
     print(f"Scoring {separator.source} ({args.precision}"
@@ -136,6 +159,9 @@ def main(argv=None) -> int:
         print(format_row("MEDIAN", report["median"]))
         for source in SOURCES:
             print(format_summary(source, report["median"], report["median_sdr_gain_over_best_gain_baseline"][source]))
+        if reference is not None and set(per_track) & set(reference):
+            report["paired"] = {"with": args.paired_with, **paired_comparison(per_track, reference)}
+            print("\n".join(format_comparison(report["paired"], args.paired_with)))
     destination.write_text(json.dumps(report, indent=2))
     print(f"Scores written to {destination}")
     if args.record is not None and per_track and not skipped:

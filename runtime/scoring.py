@@ -138,3 +138,37 @@ def summary(per_track: dict) -> dict:
     if not per_track:
         return {}
     return {"median": medians(per_track), "median_sdr_gain_over_best_gain_baseline": median_gains(per_track)}
+
+
+def model_sdrs(report) -> dict:
+    """``{track: {source: SDR}}`` of the model in an evaluate.py score file's content;
+    ValueError if it is not one."""
+    try:
+        return {str(name): {source: float(scores["model"][source]["SDR"]) for source in SOURCES}
+                for name, scores in report["tracks"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ValueError(f"not an evaluate.py score file (no model SDR: {error!r})") from None
+
+
+def paired_comparison(per_track: dict, reference: dict) -> dict:
+    """Each source's model SDR against another system's on the same tracks (``reference``:
+    ``model_sdrs`` of its score file): on how many of the tracks both scored it is higher, and
+    the median and mean of the per-track differences. A median over 14 songs can move
+    by 0.1 dB when one song does; the per-track differences show whether a change holds
+    on most songs. Raises ValueError when no track was scored in both."""
+    shared = [name for name in per_track if name in reference]
+    if not shared:
+        raise ValueError("the two score files share no track")
+    comparison = {"tracks": len(shared)}
+    for source in SOURCES:
+        differences = np.array([per_track[name]["model"][source]["SDR"] - reference[name][source]
+                                for name in shared])
+        comparison[source] = {"better": int((differences > 0).sum()), "median_difference": float(np.median(differences)),
+                              "mean_difference": float(differences.mean())}
+    return comparison
+
+
+def format_comparison(comparison: dict, reference_name: str) -> list[str]:
+    return [f"{source} against {reference_name}: better on {comparison[source]['better']} of {comparison['tracks']} "
+            f"tracks, per-track difference median {comparison[source]['median_difference']:+.2f} dB, "
+            f"mean {comparison[source]['mean_difference']:+.2f} dB" for source in SOURCES]

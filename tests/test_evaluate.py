@@ -271,3 +271,57 @@ def test_wiener_scores_the_filtered_outputs(tmp_path):
     # The same separation, filtered: the model's scores change, the baselines do not.
     assert wiener["median"]["best_gain_baseline"] == plain["median"]["best_gain_baseline"]
     assert wiener["median"]["model"]["vocals"]["SDR"] != plain["median"]["model"]["vocals"]["SDR"]
+
+
+def test_paired_with_counts_the_tracks_each_source_improves_and_records_them(tmp_path, monkeypatch, capsys):
+    """Re-scored (the same deterministic model) against its own first scores moved per track
+    by -1, +0.5 and -0.2 dB, the differences are exactly +1, -0.5 and +0.2 dB: better on 2
+    of 3 tracks, median +0.2, mean +0.233."""
+    from bench import records
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "levers.json").write_text(json.dumps({"columns": [{"header": "lever", "cell": "{label}"}],
+                                                     "rows": [{"key": "x", "label": "x"}]}))
+    monkeypatch.setattr(records, "RESULTS", results)
+    rng = np.random.default_rng(2)
+    names = ("one", "two", "three")
+    for name in names:
+        write_song(tmp_path / "data" / "test" / name, rng)
+    run_dir = make_run_dir(tmp_path / "run")
+    common = ["--model", str(run_dir), "--dataset", "folder", "--data-root", str(tmp_path / "data")]
+    assert evaluate.main([*common, "--json", str(tmp_path / "first.json")]) == 0
+    reference = json.loads((tmp_path / "first.json").read_text())
+    shifts = dict(zip(names, (-1.0, 0.5, -0.2)))  # the reference's change; ours is its negation
+    for name, shift in shifts.items():
+        for source in SOURCES:
+            reference["tracks"][name]["model"][source]["SDR"] += shift
+    (tmp_path / "reference.json").write_text(json.dumps(reference))
+    capsys.readouterr()
+    assert evaluate.main([*common, "--json", str(tmp_path / "second.json"), "--paired-with",
+                          str(tmp_path / "reference.json"), "--record", "levers:x"]) == 0
+    out = capsys.readouterr().out
+    assert "vocals against" in out and "better on 2 of 3 tracks" in out
+    paired = json.loads((tmp_path / "second.json").read_text())["paired"]
+    for source in SOURCES:
+        assert paired[source]["better"] == 2
+        assert paired[source]["median_difference"] == pytest.approx(0.2, abs=1e-9)
+        assert paired[source]["mean_difference"] == pytest.approx((1.0 - 0.5 + 0.2) / 3, abs=1e-9)
+    figures = json.loads((results / "levers.json").read_text())["rows"][0]["figures"]
+    assert figures["paired_tracks"] == 3 and figures["vocals_better"] == 2
+    assert figures["accompaniment_paired_median"] == 0.2 and figures["vocals_paired_mean"] == 0.23
+
+
+def test_paired_with_refuses_what_is_not_a_score_file_of_these_songs_before_scoring(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    write_song(tmp_path / "data" / "test" / "one", rng)
+    common = ["--model", str(make_run_dir(tmp_path / "run")), "--dataset", "folder", "--data-root",
+              str(tmp_path / "data"), "--json", str(tmp_path / "scores.json"), "--paired-with"]
+    (tmp_path / "bad.json").write_text('{"tracks": {"one": {"model": {"vocals": "loud"}}}}')
+    (tmp_path / "other.json").write_text(json.dumps(
+        {"tracks": {"elsewhere": {"model": {source: {"SDR": 1.0} for source in SOURCES}}}}))
+    for reference, message in [(tmp_path / "missing.json", "No such file"), (tmp_path / "bad.json", "not an evaluate.py"),
+                               (tmp_path / "other.json", "scored none of these 1 tracks")]:
+        assert evaluate.main([*common, str(reference)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "scores.json").exists()
