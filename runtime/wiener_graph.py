@@ -6,7 +6,7 @@ window's sum of squares; complex64 throughout; core TF ops only (a stock TF Serv
 binary runs it). It agrees with the numpy stream within 1e-4 (tests/test_wiener_graph.py).
 
 The graph holds the whole song's spectra (the mixture's and the two estimates', 42 MB per
-minute of stereo at 22.05 kHz with the default 2048 points, each, and a few intermediates
+minute of stereo at 22.05 kHz, each, whatever the STFT size, and a few intermediates
 of that size: a 10-minute song needs a few GB more than without the filter); EM runs block
 by block (``tf.map_fn``). Bounding it as the numpy stream does is left to do."""
 from __future__ import annotations

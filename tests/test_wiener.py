@@ -82,7 +82,7 @@ def test_variants_parse_name_and_default_size():
     for bad in ("em0", "mask+", "-1", "soft", "em"):
         with pytest.raises(ValueError):
             WienerSettings.parse(bad)
-    assert (default_fft(22050), default_fft(44100), default_fft(48000), default_fft(8000)) == (2048, 4096, 4096, 1024)
+    assert (default_fft(22050), default_fft(44100), default_fft(48000), default_fft(8000)) == (8192, 16384, 16384, 4096)
     # evaluate.py's older --wiener-soft-mask: emN -> mask+emN, nothing -> mask
     assert settings_from_args(None, None, soft_mask=True).name == "mask"
     assert settings_from_args(WienerSettings.parse("1"), 4096, soft_mask=True) == WienerSettings(1, 4096, True)

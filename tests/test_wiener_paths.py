@@ -77,7 +77,7 @@ def test_separate_py_writes_the_filtered_sources_and_live_refuses_the_filter(run
     model = str(run_dir)
     assert separate.main([str(tmp_path / "song.wav"), "--model", model, "--out", str(tmp_path / "out"),
                           "--wiener", "mask", "--chunk-seconds", "0.5"]) == 0
-    assert "Wiener post-filter mask: soft mask, 1024-point STFT" in capsys.readouterr().out
+    assert "Wiener post-filter mask: soft mask, 4096-point STFT" in capsys.readouterr().out
     expected = separate_song(separator, mix, RATE, chunk_seconds=0.5, wiener=WienerSettings.parse("mask"))
     for source in expected:
         written, _ = load_audio(tmp_path / "out" / "song" / f"{source}.wav", RATE, 2)
