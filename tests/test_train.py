@@ -110,15 +110,22 @@ def song_cache(tmp_path_factory):
     return cache
 
 
-def assert_complete_with_falling_loss(run_dir: Path, steps: int, validations: int) -> list[float]:
-    """The run directory holds all that a finished run writes, and its logged loss fell."""
+def assert_complete_run(run_dir: Path, steps: int, validations: int) -> list[float]:
+    """The run directory holds all that a finished run writes; returns its logged losses."""
     run = RunDirectory(run_dir)
     assert run.config_file.is_file() and run.best_checkpoint.is_file() and run.last_checkpoint.is_file()
     assert backup_progress(run.backup)["step"] == steps
     assert {"train", "validation", "validation_examples"} <= {path.name for path in run.logs.iterdir()}
     with open(run.logs / "metrics.csv") as metrics:
         losses = [float(row["loss"]) for row in csv.DictReader(metrics)]
-    assert len(losses) == validations and np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    assert len(losses) == validations and np.all(np.isfinite(losses)), losses
+    return losses
+
+
+def assert_complete_with_falling_loss(run_dir: Path, steps: int, validations: int) -> list[float]:
+    """The run directory holds all that a finished run writes, and its logged loss fell."""
+    losses = assert_complete_run(run_dir, steps, validations)
+    assert losses[-1] < losses[0], losses
     return losses
 
 
@@ -388,9 +395,12 @@ def test_multi_worker_training_with_a_chief_and_a_worker(tmp_path, song_cache):
     for result in results:  # MultiWorkerMirroredStrategy, chosen from TF_CONFIG
         assert (result["strategy"], result["replicas"], result["workers"], result["steps"]) == (
             "CollectiveAllReduceStrategy", 2, 2, 4)
-    # Each worker logs the loss averaged over both, which fell; the chief wrote the run directory.
+    # Each worker logs the loss averaged over both; the chief wrote the run directory. Not
+    # asserted: that the loss fell. Over 2 + 2 steps of batch 4 it is noise, and this run
+    # logged 0.0203 then 0.0230 in some runs, under load and on an idle machine alike
+    # (single-process tests check that training learns).
     np.testing.assert_allclose(results[0]["losses"], results[1]["losses"], rtol=1e-6)
-    np.testing.assert_allclose(assert_complete_with_falling_loss(run_dir, steps=4, validations=2),
+    np.testing.assert_allclose(assert_complete_run(run_dir, steps=4, validations=2),
                                results[0]["losses"], rtol=1e-6)
     final = {}
     for task in tasks:
