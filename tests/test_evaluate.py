@@ -236,14 +236,20 @@ def test_a_json_destination_in_no_folder_is_refused_before_scoring(tmp_path, cap
     assert f"cannot write the scores to {destination}" in capsys.readouterr().err
 
 
-def test_evaluate_records_the_medians_it_printed(tmp_path, monkeypatch):
+def results_with_one_row(tmp_path, monkeypatch, record: str, key: str):
+    """A results folder in place of docs/results/ holding record ``record`` with one row ``key``."""
     from bench import records
 
     results = tmp_path / "results"
     results.mkdir()
-    (results / "quality.json").write_text(json.dumps({"columns": [{"header": "model", "cell": "{label}"}],
-                                                      "rows": [{"key": "ours", "label": "ours"}]}))
+    (results / f"{record}.json").write_text(json.dumps({"columns": [{"header": "row", "cell": "{label}"}],
+                                                        "rows": [{"key": key, "label": key}]}))
     monkeypatch.setattr(records, "RESULTS", results)
+    return results
+
+
+def test_evaluate_records_the_medians_it_printed(tmp_path, monkeypatch):
+    results = results_with_one_row(tmp_path, monkeypatch, "quality", "ours")
     rng = np.random.default_rng(1)
     for name in ("one", "two"):
         write_song(tmp_path / "data" / "test" / name, rng)
@@ -277,13 +283,7 @@ def test_paired_with_counts_the_tracks_each_source_improves_and_records_them(tmp
     """Re-scored (the same deterministic model) against its own first scores moved per track
     by -1, +0.5 and -0.2 dB, the differences are exactly +1, -0.5 and +0.2 dB: better on 2
     of 3 tracks, median +0.2, mean +0.233."""
-    from bench import records
-
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "levers.json").write_text(json.dumps({"columns": [{"header": "lever", "cell": "{label}"}],
-                                                     "rows": [{"key": "x", "label": "x"}]}))
-    monkeypatch.setattr(records, "RESULTS", results)
+    results = results_with_one_row(tmp_path, monkeypatch, "levers", "x")
     rng = np.random.default_rng(2)
     names = ("one", "two", "three")
     for name in names:
